@@ -1,0 +1,435 @@
+//! The gRPC face of the registry: authenticates each call, validates its
+//! fields into domain types, checks what the caller may do, and hands one
+//! well-formed operation to the store.
+//!
+//! The order is fixed: a call without a valid token is `UNAUTHENTICATED` before
+//! anything else is looked at; then malformed fields are `INVALID_ARGUMENT`;
+//! then a token that may not do this is `PERMISSION_DENIED`. Nothing reaches the
+//! store until all three passed.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::{Stream, StreamExt as _};
+use market_proto::registry::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth::{self, Grant, Principal, TokenHash, TokenKind},
+    model::{
+        Change, Instance, InstanceId, InvalidArgument, LeaseId, Metadata, Registration,
+        RemovalReason, ServiceInfo, ServiceName, Ttl,
+    },
+    store::{NewService, Scope, Store, StoreError, WatchEvent},
+};
+
+/// The registry's gRPC service over a store.
+#[derive(Debug)]
+pub struct RegistryApi<S> {
+    store: Arc<S>,
+    /// The hash of the admin token; the token itself is not kept.
+    admin: TokenHash,
+    /// How often an idle watch stream gets a progress message.
+    progress_every: Duration,
+    /// Cancelled when the server shuts down: open watch streams end, so that
+    /// the graceful shutdown does not wait for them forever.
+    closing: CancellationToken,
+}
+
+impl<S: Store> RegistryApi<S> {
+    /// Serves `store`, accepting `admin_token` as the admin's.
+    pub fn new(
+        store: Arc<S>,
+        admin_token: &str,
+        progress_every: Duration,
+        closing: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            admin: TokenHash::of(admin_token),
+            progress_every,
+            closing,
+        }
+    }
+
+    /// Who is calling, from the `authorization: Bearer <token>` metadata.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let value = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        })?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "malformed authorization metadata: expected `Bearer <token>`",
+                )
+            })?;
+        let hash = TokenHash::of(token);
+        if hash == self.admin {
+            return Ok(Principal::Admin);
+        }
+        match self.store.lookup_token(&hash).await? {
+            Some(grant) => Ok(Principal::Granted(grant)),
+            None => Err(Status::unauthenticated(
+                "unknown token: use the admin token, or a service or consumer token from CreateService",
+            )),
+        }
+    }
+}
+
+fn require_admin(principal: &Principal, call: &str) -> Result<(), Status> {
+    match principal {
+        Principal::Admin => Ok(()),
+        Principal::Granted(grant) => Err(Status::permission_denied(format!(
+            "{call} needs the admin token; this is a {} token of service '{}'",
+            kind_name(grant.kind),
+            grant.service
+        ))),
+    }
+}
+
+/// Checks that the caller may change instances of `service`.
+fn require_writer(principal: &Principal, service: &ServiceName) -> Result<(), Status> {
+    match principal {
+        Principal::Admin => Ok(()),
+        Principal::Granted(Grant {
+            service: own,
+            kind: TokenKind::Service,
+        }) if own == service => Ok(()),
+        Principal::Granted(grant) => Err(denied(
+            grant,
+            service,
+            "register, renew or remove instances of",
+        )),
+    }
+}
+
+/// Checks that the caller may read `service`.
+fn require_reader(principal: &Principal, service: &ServiceName) -> Result<(), Status> {
+    match principal {
+        Principal::Admin => Ok(()),
+        Principal::Granted(grant) if grant.service == *service => Ok(()),
+        Principal::Granted(grant) => Err(denied(grant, service, "read")),
+    }
+}
+
+/// Whose leases the caller may touch.
+fn lease_scope(principal: &Principal) -> Result<Scope, Status> {
+    match principal {
+        Principal::Admin => Ok(Scope::Any),
+        Principal::Granted(Grant {
+            service,
+            kind: TokenKind::Service,
+        }) => Ok(Scope::Service(service.clone())),
+        Principal::Granted(grant) => Err(Status::permission_denied(format!(
+            "a consumer token of service '{}' may only read (Resolve, Watch)",
+            grant.service
+        ))),
+    }
+}
+
+fn denied(grant: &Grant, service: &ServiceName, what: &str) -> Status {
+    let detail = if grant.service == *service {
+        " (a consumer token may only read)".to_owned()
+    } else {
+        String::new()
+    };
+    Status::permission_denied(format!(
+        "this {} token of service '{}' may not {what} service '{service}'{detail}",
+        kind_name(grant.kind),
+        grant.service
+    ))
+}
+
+fn kind_name(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Admin => "admin",
+        TokenKind::Service => "service",
+        TokenKind::Consumer => "consumer",
+    }
+}
+
+/// Whether answers to this caller may carry lease ids.
+fn shows_leases(principal: &Principal) -> bool {
+    !matches!(
+        principal,
+        Principal::Granted(Grant {
+            kind: TokenKind::Consumer,
+            ..
+        })
+    )
+}
+
+// === conversions ===
+
+impl From<InvalidArgument> for Status {
+    fn from(e: InvalidArgument) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::NoSuchService(_)
+            | StoreError::NoSuchLease(_)
+            | StoreError::NoSuchInstance { .. } => Status::not_found(message),
+            StoreError::ServiceExists(_) | StoreError::InstanceIdTaken { .. } => {
+                Status::already_exists(message)
+            }
+            StoreError::WrongService { .. } => Status::permission_denied(message),
+            StoreError::Persist(_) => {
+                tracing::error!(error = %message, "catalog write failed");
+                Status::internal("the registry could not save its catalog; nothing was changed")
+            }
+            StoreError::Unavailable(_) => Status::unavailable(message),
+        }
+    }
+}
+
+fn instance_to_pb(instance: Instance, with_lease: bool) -> pb::Instance {
+    pb::Instance {
+        service: instance.service.to_string(),
+        instance_id: instance.id.to_string(),
+        address: instance.address.to_string(),
+        metadata: instance
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        lease_id: if with_lease { instance.lease.0 } else { 0 },
+        ttl_seconds: instance.ttl.as_secs(),
+        revision: instance.revision,
+    }
+}
+
+fn service_to_pb(info: ServiceInfo) -> pb::Service {
+    pb::Service {
+        name: info.name.to_string(),
+        created_at_unix: info.created_at_unix,
+        live_instances: info.live_instances,
+    }
+}
+
+fn watch_event_to_pb(event: WatchEvent, with_lease: bool) -> pb::WatchResponse {
+    use pb::watch_response::Event as E;
+    let event = match event {
+        WatchEvent::Snapshot {
+            instances,
+            revision,
+        } => E::Snapshot(pb::Snapshot {
+            instances: instances
+                .into_iter()
+                .map(|i| instance_to_pb(i, with_lease))
+                .collect(),
+            revision,
+        }),
+        WatchEvent::Change(event) => {
+            let (kind, instance, reason) = match event.change {
+                Change::Added(instance) => (
+                    pb::ChangeKind::Added,
+                    instance,
+                    pb::RemovalReason::Unspecified,
+                ),
+                Change::Removed(instance, reason) => {
+                    let reason = match reason {
+                        RemovalReason::Deregistered => pb::RemovalReason::Deregistered,
+                        RemovalReason::Expired => pb::RemovalReason::Expired,
+                        RemovalReason::ServiceDeleted => pb::RemovalReason::ServiceDeleted,
+                    };
+                    (pb::ChangeKind::Removed, instance, reason)
+                }
+            };
+            E::Change(pb::Change {
+                kind: kind.into(),
+                instance: Some(instance_to_pb(instance, with_lease)),
+                revision: event.revision,
+                reason: reason.into(),
+            })
+        }
+        WatchEvent::Progress(revision) => E::Progress(pb::Progress { revision }),
+    };
+    pb::WatchResponse { event: Some(event) }
+}
+
+// === impl Registry for RegistryApi ===
+
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
+    async fn create_service(
+        &self,
+        request: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::CreateServiceResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let name: ServiceName = request.get_ref().name.parse()?;
+        require_admin(&principal, "CreateService")?;
+        let token = auth::generate(TokenKind::Service);
+        let consumer_token = auth::generate(TokenKind::Consumer);
+        let info = self
+            .store
+            .create_service(NewService {
+                name,
+                token: TokenHash::of(&token),
+                consumer_token: TokenHash::of(&consumer_token),
+            })
+            .await?;
+        tracing::info!(service = %info.name, "created service {}", info.name);
+        Ok(Response::new(pb::CreateServiceResponse {
+            service: Some(service_to_pb(info)),
+            token,
+            consumer_token,
+        }))
+    }
+
+    async fn delete_service(
+        &self,
+        request: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let name: ServiceName = request.get_ref().name.parse()?;
+        require_admin(&principal, "DeleteService")?;
+        let removed_instances = self.store.delete_service(&name).await?;
+        tracing::info!(service = %name, removed_instances, "deleted service {name}");
+        Ok(Response::new(pb::DeleteServiceResponse {
+            removed_instances,
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        require_admin(&principal, "ListServices")?;
+        let services = self.store.list_services().await?;
+        Ok(Response::new(pb::ListServicesResponse {
+            services: services.into_iter().map(service_to_pb).collect(),
+        }))
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let service: ServiceName = req.service.parse()?;
+        let id = match req.instance_id.as_str() {
+            "" => None,
+            id => Some(id.parse::<InstanceId>()?),
+        };
+        let registration = Registration {
+            id,
+            address: req.address.parse()?,
+            ttl: Ttl::from_secs(req.ttl_seconds)?,
+            metadata: Metadata::new(req.metadata)?,
+            service,
+        };
+        require_writer(&principal, &registration.service)?;
+        let instance = self.store.register(registration).await?;
+        tracing::info!(
+            service = %instance.service,
+            instance = %instance.id,
+            address = %instance.address,
+            lease = %instance.lease,
+            "registered {} at {}", instance.id, instance.address
+        );
+        Ok(Response::new(pb::RegisterResponse {
+            lease_id: instance.lease.0,
+            ttl_seconds: instance.ttl.as_secs(),
+            instance: Some(instance_to_pb(instance, true)),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let lease = LeaseId(request.get_ref().lease_id);
+        let scope = lease_scope(&principal)?;
+        let ttl = self.store.heartbeat(lease, &scope).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            ttl_seconds: ttl.as_secs(),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let instance = if req.lease_id != 0 {
+            let scope = lease_scope(&principal)?;
+            self.store
+                .deregister_lease(LeaseId(req.lease_id), &scope)
+                .await?
+        } else if !req.service.is_empty() || !req.instance_id.is_empty() {
+            let service: ServiceName = req.service.parse()?;
+            let id: InstanceId = req.instance_id.parse()?;
+            require_writer(&principal, &service)?;
+            self.store.deregister_instance(&service, &id).await?
+        } else {
+            return Err(InvalidArgument::DeregisterTarget.into());
+        };
+        tracing::info!(
+            service = %instance.service,
+            instance = %instance.id,
+            address = %instance.address,
+            "deregistered {} at {}", instance.id, instance.address
+        );
+        Ok(Response::new(pb::DeregisterResponse {
+            instance: Some(instance_to_pb(instance, shows_leases(&principal))),
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let service: ServiceName = request.get_ref().service.parse()?;
+        require_reader(&principal, &service)?;
+        let (instances, revision) = self.store.resolve(&service).await?;
+        let with_lease = shows_leases(&principal);
+        Ok(Response::new(pb::ResolveResponse {
+            instances: instances
+                .into_iter()
+                .map(|i| instance_to_pb(i, with_lease))
+                .collect(),
+            revision,
+        }))
+    }
+
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let service: ServiceName = req.service.parse()?;
+        require_reader(&principal, &service)?;
+        let with_lease = shows_leases(&principal);
+        let events = self
+            .store
+            .watch(&service, req.since_revision, self.progress_every)
+            .await?;
+        let stream = events
+            .map(move |event| match event {
+                Ok(event) => Ok(watch_event_to_pb(event, with_lease)),
+                Err(e) => Err(Status::from(e)),
+            })
+            .take_until(self.closing.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,28 @@
+//! `registryd`: the registry daemon that replaces the original's hosted
+//! discovery service.
+//!
+//! A map of the crate:
+//!
+//! - [`model`]: the domain types (service names, addresses, TTLs, instances,
+//!   changes), validated when built from untrusted input;
+//! - [`auth`]: tokens, their hashes and who holds them;
+//! - [`store`]: the [`Store`] trait and the embedded [`MemoryStore`];
+//! - `api`: the gRPC service, which authenticates, validates and authorizes
+//!   each call before the store sees it;
+//! - [`serve`]: the server on a listener, with health and reflection;
+//! - [`admin_token`]: the admin token's file in the data dir.
+//!
+//! The binary (`src/main.rs`) only parses its command line and calls [`serve`].
+
+pub mod admin_token;
+mod api;
+pub mod auth;
+pub mod model;
+mod server;
+pub mod store;
+
+pub use crate::{
+    api::RegistryApi,
+    server::{ServeConfig, ServeError, serve},
+    store::{MemoryStore, MemoryStoreConfig, Store},
+};

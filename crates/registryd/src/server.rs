@@ -1,0 +1,77 @@
+//! Puts the registry on a listener, with gRPC health and server reflection.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use market_proto::registry::v1::registry_server::RegistryServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{api::RegistryApi, store::Store};
+
+/// How the registry serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The token that may do everything.
+    pub admin_token: String,
+    /// How often an idle watch stream gets a progress message.
+    pub progress_every: Duration,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not read the contract's descriptors.
+    #[error("could not build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the registry over `store` on `listener` until `shutdown` resolves,
+/// then ends open watch streams (their clients reconnect elsewhere) and lets
+/// calls in flight finish.
+pub async fn serve<S: Store>(
+    store: Arc<S>,
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let closing = CancellationToken::new();
+    let api = RegistryApi::new(
+        store,
+        &config.admin_token,
+        config.progress_every,
+        closing.clone(),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RegistryServer<RegistryApi<S>>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(market_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(conn) = &conn {
+            // Small messages both ways: do not wait to fill a segment.
+            let _ = conn.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RegistryServer::new(api))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            health
+                .set_not_serving::<RegistryServer<RegistryApi<S>>>()
+                .await;
+            closing.cancel();
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,399 @@
+use std::time::Duration;
+
+use futures::StreamExt as _;
+
+use super::*;
+use crate::model::{Address, Metadata};
+
+const PROGRESS: Duration = Duration::from_secs(3600);
+
+fn name(s: &str) -> ServiceName {
+    s.parse().unwrap()
+}
+
+fn new_service(s: &str) -> NewService {
+    NewService {
+        name: name(s),
+        token: TokenHash::of(&format!("svc_{s}")),
+        consumer_token: TokenHash::of(&format!("con_{s}")),
+    }
+}
+
+fn registration(service: &str, id: &str, port: u16, ttl: u32) -> Registration {
+    Registration {
+        service: name(service),
+        id: Some(id.parse().unwrap()),
+        address: format!("127.0.0.1:{port}").parse::<Address>().unwrap(),
+        metadata: Metadata::default(),
+        ttl: Ttl::from_secs(ttl).unwrap(),
+    }
+}
+
+async fn store_with(services: &[&str]) -> MemoryStore {
+    let store = MemoryStore::open(MemoryStoreConfig::default()).unwrap();
+    for s in services {
+        store.create_service(new_service(s)).await.unwrap();
+    }
+    store
+}
+
+async fn ids(store: &MemoryStore, service: &str) -> Vec<String> {
+    let (instances, _) = store.resolve(&name(service)).await.unwrap();
+    instances.into_iter().map(|i| i.id.to_string()).collect()
+}
+
+async fn next(stream: &mut WatchStream) -> WatchEvent {
+    stream
+        .next()
+        .await
+        .expect("stream ended")
+        .expect("stream failed")
+}
+
+fn added(event: &WatchEvent) -> (&str, Revision) {
+    match event {
+        WatchEvent::Change(Event {
+            revision,
+            change: Change::Added(i),
+        }) => (i.id.as_str(), *revision),
+        other => panic!("expected an addition, got {other:?}"),
+    }
+}
+
+fn removed(event: &WatchEvent) -> (&str, RemovalReason) {
+    match event {
+        WatchEvent::Change(Event {
+            change: Change::Removed(i, reason),
+            ..
+        }) => (i.id.as_str(), *reason),
+        other => panic!("expected a removal, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn register_resolve_and_watch() {
+    let store = store_with(&["ratings"]).await;
+    let mut watch = store.watch(&name("ratings"), 0, PROGRESS).await.unwrap();
+    let WatchEvent::Snapshot {
+        instances,
+        revision,
+    } = next(&mut watch).await
+    else {
+        panic!("a new watcher starts with a snapshot")
+    };
+    assert!(instances.is_empty());
+
+    let b = store
+        .register(registration("ratings", "b", 8002, 30))
+        .await
+        .unwrap();
+    store
+        .register(registration("ratings", "a", 8001, 30))
+        .await
+        .unwrap();
+    assert_eq!(added(&next(&mut watch).await), ("b", revision + 1));
+    assert_eq!(added(&next(&mut watch).await), ("a", revision + 2));
+    assert_eq!(b.revision, revision + 1);
+    // Sorted by address, not by registration order.
+    assert_eq!(ids(&store, "ratings").await, ["a", "b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_expire_after_their_ttl_unless_renewed() {
+    let store = store_with(&["ratings"]).await;
+    let mut watch = store.watch(&name("ratings"), 0, PROGRESS).await.unwrap();
+    next(&mut watch).await;
+    let kept = store
+        .register(registration("ratings", "kept", 8001, 2))
+        .await
+        .unwrap();
+    store
+        .register(registration("ratings", "dropped", 8002, 2))
+        .await
+        .unwrap();
+    next(&mut watch).await;
+    next(&mut watch).await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    store.heartbeat(kept.lease, &Scope::Any).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        removed(&next(&mut watch).await),
+        ("dropped", RemovalReason::Expired)
+    );
+    // Expired on time: 2 s after registration, which was 1.5 s ago.
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert_eq!(ids(&store, "ratings").await, ["kept"]);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(ids(&store, "ratings").await.is_empty());
+    let err = store.heartbeat(kept.lease, &Scope::Any).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchLease(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_of_another_service_is_left_alone() {
+    let store = store_with(&["ratings", "orders"]).await;
+    let lease = store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap()
+        .lease;
+    let orders = Scope::Service(name("orders"));
+    let err = store.heartbeat(lease, &orders).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongService { .. }), "{err}");
+    let err = store.deregister_lease(lease, &orders).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongService { .. }), "{err}");
+    assert_eq!(ids(&store, "ratings").await, ["r1"]);
+    store
+        .deregister_lease(lease, &Scope::Service(name("ratings")))
+        .await
+        .unwrap();
+    assert!(ids(&store, "ratings").await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn registering_again_replaces_the_same_instance_only() {
+    let store = store_with(&["ratings"]).await;
+    let first = store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    let second = store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    assert_ne!(first.lease, second.lease);
+    assert!(matches!(
+        store.heartbeat(first.lease, &Scope::Any).await,
+        Err(StoreError::NoSuchLease(_))
+    ));
+    assert_eq!(ids(&store, "ratings").await, ["r1"]);
+
+    let err = store
+        .register(registration("ratings", "r1", 9999, 30))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InstanceIdTaken { .. }), "{err}");
+    let (instances, _) = store.resolve(&name("ratings")).await.unwrap();
+    assert_eq!(instances[0].address.as_str(), "http://127.0.0.1:8001");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watcher_resumes_with_exactly_what_it_missed() {
+    let store = store_with(&["ratings", "orders"]).await;
+    let r1 = store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    let seen = r1.revision;
+
+    store
+        .register(registration("ratings", "r2", 8002, 30))
+        .await
+        .unwrap();
+    store
+        .register(registration("orders", "o1", 9001, 30))
+        .await
+        .unwrap();
+    store.deregister_lease(r1.lease, &Scope::Any).await.unwrap();
+
+    let mut watch = store.watch(&name("ratings"), seen, PROGRESS).await.unwrap();
+    assert_eq!(added(&next(&mut watch).await).0, "r2");
+    assert_eq!(
+        removed(&next(&mut watch).await),
+        ("r1", RemovalReason::Deregistered)
+    );
+    let WatchEvent::Progress(at) = next(&mut watch).await else {
+        panic!("a replay ends with progress")
+    };
+    assert_eq!(at, seen + 3);
+
+    // A revision from before the history (or another run) gets a snapshot.
+    let mut watch = store.watch(&name("ratings"), 1, PROGRESS).await.unwrap();
+    let WatchEvent::Snapshot { instances, .. } = next(&mut watch).await else {
+        panic!("an unknown revision gets a snapshot")
+    };
+    assert_eq!(instances.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_history_falls_back_to_a_snapshot() {
+    let store = MemoryStore::open(MemoryStoreConfig {
+        history: 2,
+        ..MemoryStoreConfig::default()
+    })
+    .unwrap();
+    store.create_service(new_service("ratings")).await.unwrap();
+    let first = store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    for port in 8002..8005 {
+        store
+            .register(registration("ratings", &format!("r{port}"), port, 30))
+            .await
+            .unwrap();
+    }
+    let mut watch = store
+        .watch(&name("ratings"), first.revision, PROGRESS)
+        .await
+        .unwrap();
+    let WatchEvent::Snapshot { instances, .. } = next(&mut watch).await else {
+        panic!("the history no longer covers the revision")
+    };
+    assert_eq!(instances.len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_watcher_gets_progress() {
+    let store = store_with(&["ratings"]).await;
+    let mut watch = store
+        .watch(&name("ratings"), 0, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let WatchEvent::Snapshot { revision, .. } = next(&mut watch).await else {
+        panic!()
+    };
+    store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    assert_eq!(added(&next(&mut watch).await).1, revision + 1);
+    let start = Instant::now();
+    assert_eq!(next(&mut watch).await, WatchEvent::Progress(revision + 1));
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_wakes_only_its_own_service() {
+    let store = store_with(&["ratings", "orders"]).await;
+    let mut orders = store.watch(&name("orders"), 0, PROGRESS).await.unwrap();
+    next(&mut orders).await;
+    store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    let o1 = store
+        .register(registration("orders", "o1", 9001, 30))
+        .await
+        .unwrap();
+    // The first thing the orders watcher sees is its own change.
+    assert_eq!(added(&next(&mut orders).await), ("o1", o1.revision));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_watcher_is_resynced_without_gaps() {
+    let store = MemoryStore::open(MemoryStoreConfig {
+        watch_buffer: 2,
+        ..MemoryStoreConfig::default()
+    })
+    .unwrap();
+    store.create_service(new_service("ratings")).await.unwrap();
+    let mut watch = store.watch(&name("ratings"), 0, PROGRESS).await.unwrap();
+    next(&mut watch).await;
+    // More changes than the watcher's buffer, with nobody reading.
+    for port in 8001..8101 {
+        store
+            .register(registration("ratings", &format!("r{port}"), port, 30))
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 100 {
+        match next(&mut watch).await {
+            WatchEvent::Change(e) => {
+                seen.insert(e.change.instance().id.to_string());
+            }
+            WatchEvent::Snapshot { instances, .. } => {
+                seen.extend(instances.into_iter().map(|i| i.id.to_string()));
+            }
+            WatchEvent::Progress(_) => {}
+        }
+    }
+    assert_eq!(seen.len(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_service_removes_its_instances_and_ends_its_watchers() {
+    let store = store_with(&["ratings"]).await;
+    store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    let mut watch = store.watch(&name("ratings"), 0, PROGRESS).await.unwrap();
+    next(&mut watch).await;
+    assert_eq!(store.delete_service(&name("ratings")).await.unwrap(), 1);
+    assert_eq!(
+        removed(&next(&mut watch).await),
+        ("r1", RemovalReason::ServiceDeleted)
+    );
+    assert!(matches!(
+        watch.next().await,
+        Some(Err(StoreError::NoSuchService(_)))
+    ));
+    assert!(
+        store
+            .lookup_token(&TokenHash::of("svc_ratings"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.resolve(&name("ratings")).await,
+        Err(StoreError::NoSuchService(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_catalog_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MemoryStoreConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..MemoryStoreConfig::default()
+    };
+    let store = MemoryStore::open(config.clone()).unwrap();
+    store.create_service(new_service("ratings")).await.unwrap();
+    store.create_service(new_service("orders")).await.unwrap();
+    store.delete_service(&name("orders")).await.unwrap();
+    store
+        .register(registration("ratings", "r1", 8001, 30))
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = MemoryStore::open(config).unwrap();
+    let services = store.list_services().await.unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].name.as_str(), "ratings");
+    // Instances are not persisted: they register again.
+    assert_eq!(services[0].live_instances, 0);
+    let grant = store
+        .lookup_token(&TokenHash::of("svc_ratings"))
+        .await
+        .unwrap();
+    assert_eq!(grant.map(|g| g.kind), Some(TokenKind::Service));
+}
+
+#[tokio::test]
+async fn a_failed_catalog_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStore::open(MemoryStoreConfig {
+        data_dir: Some(dir.path().join("gone")),
+        ..MemoryStoreConfig::default()
+    })
+    .unwrap();
+    let err = store
+        .create_service(new_service("ratings"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Persist(_)), "{err}");
+    assert!(store.list_services().await.unwrap().is_empty());
+    assert!(
+        store
+            .lookup_token(&TokenHash::of("svc_ratings"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
