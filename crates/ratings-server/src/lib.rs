@@ -1,1 +1,208 @@
-//! ratings-server
+//! The ratings microservice: serves the rating of each catalog item over gRPC.
+//!
+//! [`RatingsService`] answers `market.ratings.v1.Ratings/Get` from a fixed
+//! table, as the original did, and can be told to misbehave ([`Faults`]) for
+//! demos and tests. [`serve`] puts it on a listener with gRPC health and server
+//! reflection. Registration with the registry is the binary's business, through
+//! the `registry-client` crate.
+
+use std::{future::Future, time::Duration};
+
+use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+/// The ratings served, in tenths of a star, by item id.
+pub const RATINGS: [(&str, i32); 4] = [
+    ("basketball", 21),
+    ("briefcase", 35),
+    ("camera", 45),
+    ("football", 22),
+];
+
+/// Misbehaviour on purpose, to watch the callers cope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Added to every answer.
+    pub delay: Duration,
+    /// The fraction of calls, 0 to 1, answered `UNAVAILABLE`.
+    pub fail_rate: f64,
+}
+
+/// The ratings service of one instance.
+#[derive(Debug, Clone)]
+pub struct RatingsService {
+    /// This instance's id, sent back in every answer as `served_by`.
+    instance_id: String,
+    faults: Faults,
+}
+
+impl RatingsService {
+    /// A service that answers as `instance_id`.
+    pub fn new(instance_id: impl Into<String>, faults: Faults) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            faults,
+        }
+    }
+}
+
+/// Whether `id` has the shape of an item id: 1 to 63 lowercase letters,
+/// digits and `-`.
+fn is_item_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[tonic::async_trait]
+impl pb::ratings_server::Ratings for RatingsService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRatingRequest>,
+    ) -> Result<Response<pb::Rating>, Status> {
+        let thing_id = request.into_inner().thing_id;
+        if !self.faults.delay.is_zero() {
+            tokio::time::sleep(self.faults.delay).await;
+        }
+        if thing_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "thing_id is empty; give an item id such as \"camera\"",
+            ));
+        }
+        if !is_item_id(&thing_id) {
+            return Err(Status::invalid_argument(format!(
+                "thing_id {thing_id:?} is malformed; item ids are 1 to 63 lowercase letters, digits and '-'"
+            )));
+        }
+        if self.faults.fail_rate > 0.0 && rand::random::<f64>() < self.faults.fail_rate {
+            tracing::info!(thing = %thing_id, "GET {thing_id} => failing on purpose (--fail-rate)");
+            return Err(Status::unavailable("failing on purpose (--fail-rate)"));
+        }
+        let Some(&(_, rating)) = RATINGS.iter().find(|(id, _)| *id == thing_id) else {
+            tracing::info!(thing = %thing_id, "GET {thing_id} => not found");
+            let known: Vec<&str> = RATINGS.iter().map(|(id, _)| *id).collect();
+            return Err(Status::not_found(format!(
+                "no rating for {thing_id:?}; rated items are {}",
+                known.join(", ")
+            )));
+        };
+        tracing::info!(thing = %thing_id, rating, "GET {thing_id} => {rating}");
+        Ok(Response::new(pb::Rating {
+            thing_id,
+            rating,
+            served_by: self.instance_id.clone(),
+        }))
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not read the contract's descriptors.
+    #[error("could not build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets the calls
+/// in flight finish.
+pub async fn serve(
+    service: RatingsService,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RatingsServer<RatingsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(market_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(conn) = &conn {
+            let _ = conn.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RatingsServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            health
+                .set_not_serving::<RatingsServer<RatingsService>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pb::ratings_server::Ratings as _;
+
+    use super::*;
+
+    async fn get(service: &RatingsService, id: &str) -> Result<pb::Rating, Status> {
+        service
+            .get(Request::new(pb::GetRatingRequest {
+                thing_id: id.into(),
+            }))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn serves_the_catalog_ratings() {
+        let service = RatingsService::new("ratings-1", Faults::default());
+        let rating = get(&service, "camera").await.unwrap();
+        assert_eq!((rating.thing_id.as_str(), rating.rating), ("camera", 45));
+        assert_eq!(rating.served_by, "ratings-1");
+        assert_eq!(get(&service, "basketball").await.unwrap().rating, 21);
+    }
+
+    #[tokio::test]
+    async fn bad_ids_are_refused_precisely() {
+        let service = RatingsService::new("ratings-1", Faults::default());
+        let err = get(&service, "").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("empty"), "{}", err.message());
+        let err = get(&service, "Camera!").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("malformed"), "{}", err.message());
+        let err = get(&service, "piano").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.message().contains("camera"), "{}", err.message());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn faults_delay_and_fail() {
+        let slow = RatingsService::new(
+            "slow",
+            Faults {
+                delay: Duration::from_millis(50),
+                fail_rate: 0.0,
+            },
+        );
+        let start = tokio::time::Instant::now();
+        get(&slow, "camera").await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+
+        let broken = RatingsService::new(
+            "broken",
+            Faults {
+                delay: Duration::ZERO,
+                fail_rate: 1.0,
+            },
+        );
+        assert_eq!(
+            get(&broken, "camera").await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

@@ -1,1 +1,384 @@
-fn main() {}
+//! `registryctl`: the registry's command-line client.
+#![allow(clippy::print_stdout)]
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt as _;
+use market_proto::registry::v1::{self as pb, watch_response::Event};
+use registry_client::{Registries, RegistryClient};
+use serde::Serialize;
+
+/// Manage the registry's services and look at their instances.
+///
+/// Admin commands (create-service, delete-service, services, deregister by
+/// id) use the admin token: --admin-token, REGISTRY_ADMIN_TOKEN, or the
+/// `admin-token` file in the registry's data dir. Reading a service
+/// (instances, watch) also works with that service's token (--token).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The registry's address; several, comma-separated, are tried in order.
+    #[arg(
+        long,
+        env = "REGISTRY_ADDR",
+        default_value = "http://127.0.0.1:7000",
+        value_delimiter = ',',
+        global = true
+    )]
+    registry: Vec<String>,
+
+    /// The admin token.
+    #[arg(
+        long,
+        env = "REGISTRY_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+
+    /// A service or consumer token, for reading one service.
+    #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// The registry's data dir, to read its `admin-token` file
+    /// [default: the per-user state folder, e.g. ~/.local/state/market-registry].
+    #[arg(long, env = "REGISTRY_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Add a service; prints its token alone on stdout (shown only once).
+    CreateService {
+        /// The service's name: 1 to 63 of a-z, 0-9 and '-'.
+        name: String,
+    },
+    /// Remove a service, its tokens and its instances.
+    DeleteService {
+        /// The service's name.
+        name: String,
+    },
+    /// List the services.
+    Services,
+    /// List a service's live instances.
+    Instances {
+        /// The service's name.
+        service: String,
+    },
+    /// Print a service's instances, then each change as it happens.
+    Watch {
+        /// The service's name.
+        service: String,
+        /// Resume after this revision instead of starting with a snapshot.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Remove an instance at once.
+    Deregister {
+        /// The service's name.
+        service: String,
+        /// The instance's id (see `instances`).
+        instance_id: String,
+    },
+}
+
+impl Cli {
+    fn admin_token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.admin_token {
+            return Ok(token.clone());
+        }
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => dirs::state_dir()
+                .or_else(dirs::data_local_dir)
+                .map(|d| d.join("market-registry"))
+                .context("no admin token: pass --admin-token or --data-dir")?,
+        };
+        let path = dir.join("admin-token");
+        let token = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no admin token: pass --admin-token, set REGISTRY_ADMIN_TOKEN, or point --data-dir at the registry's data dir (cannot read {})",
+                path.display()
+            )
+        })?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// The token for reading: a service or consumer token if given, else the admin's.
+    fn read_token(&self) -> anyhow::Result<String> {
+        match &self.token {
+            Some(token) => Ok(token.clone()),
+            None => self.admin_token(),
+        }
+    }
+}
+
+/// Runs a unary call on the first replica that answers.
+async fn call<T, F, Fut>(registries: &Registries, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut(RegistryClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = None;
+    for _ in 0..3 {
+        let (client, address) = registries.client();
+        let address = address.to_owned();
+        match tokio::time::timeout(Duration::from_secs(5), f(client)).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) if status.code() != tonic::Code::Unavailable => {
+                return Err(refused(&status));
+            }
+            Ok(Err(status)) => last = Some(format!("{address}: {}", status.message())),
+            Err(_) => last = Some(format!("{address}: no answer within 5s")),
+        }
+        registries.failed(&address);
+    }
+    bail!("the registry is unreachable ({})", last.unwrap_or_default())
+}
+
+fn refused(status: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the registry refused: {:?}: {}",
+        status.code(),
+        status.message()
+    )
+}
+
+#[derive(Serialize)]
+struct InstanceJson<'a> {
+    service: &'a str,
+    instance_id: &'a str,
+    address: &'a str,
+    metadata: &'a std::collections::HashMap<String, String>,
+    ttl_seconds: u32,
+    lease_id: u64,
+    revision: u64,
+}
+
+impl<'a> From<&'a pb::Instance> for InstanceJson<'a> {
+    fn from(i: &'a pb::Instance) -> Self {
+        Self {
+            service: &i.service,
+            instance_id: &i.instance_id,
+            address: &i.address,
+            metadata: &i.metadata,
+            ttl_seconds: i.ttl_seconds,
+            lease_id: i.lease_id,
+            revision: i.revision,
+        }
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::CreateService { name } => {
+            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let request = pb::CreateServiceRequest { name: name.clone() };
+            let created = call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.create_service(request).await }
+            })
+            .await?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "service": name,
+                    "token": created.token,
+                    "consumer_token": created.consumer_token,
+                }))?;
+            } else {
+                println!("{}", created.token);
+                eprintln!(
+                    "created service {name}; the token above registers instances. \
+                     A read-only consumer token: {}\nBoth are shown only now.",
+                    created.consumer_token
+                );
+            }
+        }
+        Command::DeleteService { name } => {
+            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let request = pb::DeleteServiceRequest { name: name.clone() };
+            let deleted = call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.delete_service(request).await }
+            })
+            .await?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "service": name, "removed_instances": deleted.removed_instances }),
+                )?;
+            } else {
+                println!(
+                    "deleted service {name} and {} live instance(s)",
+                    deleted.removed_instances
+                );
+            }
+        }
+        Command::Services => {
+            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let listed = call(&registries, |mut c| async move {
+                c.list_services(pb::ListServicesRequest {}).await
+            })
+            .await?;
+            if cli.json {
+                let services: Vec<_> = listed
+                    .services
+                    .iter()
+                    .map(|s| serde_json::json!({"name": s.name, "live_instances": s.live_instances, "created_at_unix": s.created_at_unix}))
+                    .collect();
+                print_json(&services)?;
+            } else {
+                println!("{:<32} {:>9}", "SERVICE", "INSTANCES");
+                for s in &listed.services {
+                    println!("{:<32} {:>9}", s.name, s.live_instances);
+                }
+            }
+        }
+        Command::Instances { service } => {
+            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let request = pb::ResolveRequest {
+                service: service.clone(),
+            };
+            let resolved = call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.resolve(request).await }
+            })
+            .await?;
+            if cli.json {
+                let instances: Vec<InstanceJson<'_>> =
+                    resolved.instances.iter().map(InstanceJson::from).collect();
+                print_json(
+                    &serde_json::json!({ "revision": resolved.revision, "instances": instances }),
+                )?;
+            } else {
+                println!("{:<24} {:<32} {:>5}", "INSTANCE", "ADDRESS", "TTL");
+                for i in &resolved.instances {
+                    println!(
+                        "{:<24} {:<32} {:>4}s",
+                        i.instance_id, i.address, i.ttl_seconds
+                    );
+                }
+            }
+        }
+        Command::Watch { service, since } => {
+            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let (mut client, _) = registries.client();
+            let request = pb::WatchRequest {
+                service: service.clone(),
+                since_revision: *since,
+            };
+            let mut stream = client
+                .watch(request)
+                .await
+                .map_err(|s| refused(&s))?
+                .into_inner();
+            while let Some(message) = stream.next().await {
+                let message = message.map_err(|s| refused(&s))?;
+                print_event(message.event, cli.json)?;
+            }
+            bail!("the registry ended the watch");
+        }
+        Command::Deregister {
+            service,
+            instance_id,
+        } => {
+            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let request = pb::DeregisterRequest {
+                lease_id: 0,
+                service: service.clone(),
+                instance_id: instance_id.clone(),
+            };
+            let removed = call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.deregister(request).await }
+            })
+            .await?;
+            let address = removed.instance.map(|i| i.address).unwrap_or_default();
+            if cli.json {
+                print_json(
+                    &serde_json::json!({"service": service, "instance_id": instance_id, "address": address}),
+                )?;
+            } else {
+                println!("deregistered {instance_id} at {address}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_event(event: Option<Event>, json: bool) -> anyhow::Result<()> {
+    match event {
+        Some(Event::Snapshot(snapshot)) => {
+            if json {
+                let instances: Vec<InstanceJson<'_>> =
+                    snapshot.instances.iter().map(InstanceJson::from).collect();
+                print_json(
+                    &serde_json::json!({"snapshot": {"revision": snapshot.revision, "instances": instances}}),
+                )?;
+            } else {
+                println!(
+                    "= snapshot at revision {}: {} instance(s)",
+                    snapshot.revision,
+                    snapshot.instances.len()
+                );
+                for i in &snapshot.instances {
+                    println!("  {} {}", i.instance_id, i.address);
+                }
+            }
+        }
+        Some(Event::Change(change)) => {
+            let kind = pb::ChangeKind::try_from(change.kind).unwrap_or(pb::ChangeKind::Unspecified);
+            let reason = pb::RemovalReason::try_from(change.reason)
+                .unwrap_or(pb::RemovalReason::Unspecified);
+            let instance = change.instance.unwrap_or_default();
+            if json {
+                print_json(&serde_json::json!({"change": {
+                    "kind": kind.as_str_name(),
+                    "reason": reason.as_str_name(),
+                    "revision": change.revision,
+                    "instance": InstanceJson::from(&instance),
+                }}))?;
+            } else {
+                match kind {
+                    pb::ChangeKind::Added => {
+                        println!(
+                            "+ {} {} (revision {})",
+                            instance.instance_id, instance.address, change.revision
+                        );
+                    }
+                    _ => {
+                        let why = match reason {
+                            pb::RemovalReason::Expired => "expired",
+                            pb::RemovalReason::ServiceDeleted => "service deleted",
+                            _ => "deregistered",
+                        };
+                        println!(
+                            "- {} {} ({why}, revision {})",
+                            instance.instance_id, instance.address, change.revision
+                        );
+                    }
+                }
+            }
+        }
+        Some(Event::Progress(progress)) if json => {
+            print_json(&serde_json::json!({"progress": {"revision": progress.revision}}))?;
+        }
+        Some(Event::Progress(_)) | None => {}
+    }
+    Ok(())
+}
