@@ -20,13 +20,29 @@ pub use crate::{
     watch::{Instance, WatchConfig, WatchUpdate, Watcher},
 };
 
-/// The backoff between retries: jittered, doubling from `min` up to `max`.
-fn backoff(min: std::time::Duration, max: std::time::Duration) -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder as _;
-    backon::ExponentialBuilder::new()
-        .with_min_delay(min)
-        .with_max_delay(max.max(min))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The pause between retries: exponential from `min`, with jitter, never
+/// longer than `max`.
+#[derive(Debug)]
+struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    fn new(min: std::time::Duration, max: std::time::Duration) -> Self {
+        use backon::BackoffBuilder as _;
+        // backon's jitter adds up to 100 % to each delay, so the base delay is
+        // capped at half of `max` for the sum to stay within `max`.
+        let delays = backon::ExponentialBuilder::new()
+            .with_min_delay(min.min(max / 2))
+            .with_max_delay(max / 2)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Self { delays, max }
+    }
+
+    fn next_delay(&mut self) -> std::time::Duration {
+        self.delays.next().unwrap_or(self.max).min(self.max)
+    }
 }

@@ -139,7 +139,7 @@ async fn keep_registered(
     let ttl_seconds = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
     let interval = (config.ttl / 3).max(Duration::from_millis(100));
     let retry_cap = interval.min(Duration::from_secs(5));
-    let mut retry = crate::backoff(Duration::from_millis(100), retry_cap);
+    let mut retry = crate::Backoff::new(Duration::from_millis(100), retry_cap);
     let mut lease: Option<u64> = None;
     let mut wait = Duration::ZERO;
     loop {
@@ -179,7 +179,7 @@ async fn keep_registered(
         };
         wait = match outcome {
             Ok(()) => {
-                retry = crate::backoff(Duration::from_millis(100), retry_cap);
+                retry = crate::Backoff::new(Duration::from_millis(100), retry_cap);
                 interval
             }
             Err(status) if lease.is_some() && status.code() == tonic::Code::NotFound => {
@@ -193,7 +193,7 @@ async fn keep_registered(
                 Duration::ZERO
             }
             Err(status) => {
-                let delay = retry.next().unwrap_or(retry_cap);
+                let delay = retry.next_delay();
                 if is_unavailable(&status) {
                     registries.failed(&registry);
                     tracing::warn!(

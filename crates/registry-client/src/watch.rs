@@ -140,7 +140,7 @@ impl Follow {
     }
 
     async fn run(mut self) {
-        let mut retry = crate::backoff(Duration::from_millis(50), self.config.max_backoff);
+        let mut retry = crate::Backoff::new(Duration::from_millis(50), self.config.max_backoff);
         loop {
             let (mut client, registry) = self.registries.client();
             let registry = registry.to_owned();
@@ -159,7 +159,7 @@ impl Follow {
                 },
                 Err(status) => status,
             };
-            let delay = retry.next().unwrap_or(self.config.max_backoff);
+            let delay = retry.next_delay();
             if is_unavailable(&failure) {
                 self.registries.failed(&registry);
                 tracing::warn!(
@@ -186,7 +186,7 @@ impl Follow {
     async fn follow(
         &mut self,
         mut stream: tonic::Streaming<pb::WatchResponse>,
-        retry: &mut backon::ExponentialBackoff,
+        retry: &mut crate::Backoff,
     ) -> Result<tonic::Status, Closed> {
         loop {
             let message = tokio::select! {
@@ -201,7 +201,7 @@ impl Follow {
             };
             // A message arrived: the connection works, so the next break starts
             // its backoff afresh.
-            *retry = crate::backoff(Duration::from_millis(50), self.config.max_backoff);
+            *retry = crate::Backoff::new(Duration::from_millis(50), self.config.max_backoff);
             match event {
                 Event::Snapshot(snapshot) => self.apply_snapshot(snapshot).await?,
                 Event::Change(change) => self.apply_change(change).await?,

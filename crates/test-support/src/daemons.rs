@@ -1,0 +1,143 @@
+//! The project's daemons, started the way a user starts them.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use crate::{Proc, Signal, listening_addr};
+
+/// A running `registryd` with its own data dir.
+#[derive(Debug)]
+pub struct Registry {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The admin token, read from the data dir.
+    pub admin_token: String,
+}
+
+impl Registry {
+    /// Starts `registryd` on a free loopback port with `data_dir`, plus
+    /// `extra` arguments, and waits until it listens.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", data_dir, extra).await
+    }
+
+    /// Starts `registryd` on a given address (to restart it where it was).
+    pub async fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--listen",
+            listen,
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("registryd", &args);
+        let addr = listening_addr(&proc.wait_for_line("registryd listening on").await);
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("registryd writes its admin token into the data dir")
+            .trim()
+            .to_owned();
+        Self {
+            proc,
+            addr,
+            admin_token,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs `registryctl` against this registry with the admin token, and
+    /// returns its stdout.
+    ///
+    /// # Panics
+    ///
+    /// When it fails.
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        let output = tokio::process::Command::new(crate::bin("registryctl"))
+            .arg("--registry")
+            .arg(self.url())
+            .arg("--admin-token")
+            .arg(&self.admin_token)
+            .args(args)
+            .env_remove("REGISTRY_TOKEN")
+            .output()
+            .await
+            .expect("run registryctl");
+        assert!(
+            output.status.success(),
+            "registryctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// `registryctl create-service NAME`: returns the service token.
+    pub async fn create_service(&self, name: &str) -> String {
+        self.ctl(&["create-service", name]).await.trim().to_owned()
+    }
+
+    /// A gRPC client with a token.
+    pub fn client(&self, token: &str) -> registry_client::RegistryClient {
+        registry_client::connect(&self.url(), token).expect("a valid address and token")
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit.
+    pub async fn stop(mut self) {
+        self.proc.signal(Signal::SIGTERM);
+        let status = self.proc.wait_exit(Duration::from_secs(10)).await;
+        assert!(status.success(), "registryd exited with {status}");
+    }
+}
+
+/// A running `ratings-server` with one instance.
+#[derive(Debug)]
+pub struct Ratings {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its instance id, `ratings-N`.
+    pub id: String,
+}
+
+impl Ratings {
+    /// Starts instance `n` on a free loopback port, registered with `registry`
+    /// using `token`, plus `extra` arguments; waits until it is registered.
+    pub async fn start(registry: &str, token: &str, n: u16, extra: &[&str]) -> Self {
+        let instance = n.to_string();
+        let mut args = vec![
+            "--instance",
+            &instance,
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            registry,
+            "--token",
+            token,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("ratings-server", &args);
+        let line = proc.wait_for_line("listening on port").await;
+        let port: u16 = line
+            .split("listening on port ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let id = format!("ratings-{n}");
+        proc.wait_for_line(&format!("registered {id}")).await;
+        Self {
+            proc,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            id,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -1,0 +1,788 @@
+//! The registry and the ratings service as a user runs them: real processes,
+//! real gRPC over loopback, `registryctl` for the admin steps.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use market_proto::{
+    ratings::v1::{GetRatingRequest, ratings_client::RatingsClient},
+    registry::v1::{self as pb, watch_response::Event},
+};
+use test_support::{Ratings, Registry, Signal};
+use tonic::Code;
+
+/// A registry with the `ratings` service created through `registryctl`.
+struct Setup {
+    dir: tempfile::TempDir,
+    registry: Registry,
+    token: String,
+}
+
+async fn setup(extra: &[&str]) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = Registry::start(dir.path(), extra).await;
+    let token = registry.create_service("ratings").await;
+    assert!(
+        token.starts_with("svc_"),
+        "create-service prints the token alone: {token:?}"
+    );
+    Setup {
+        dir,
+        registry,
+        token,
+    }
+}
+
+impl Setup {
+    async fn resolve(&self) -> pb::ResolveResponse {
+        self.registry
+            .client(&self.token)
+            .resolve(pb::ResolveRequest {
+                service: "ratings".into(),
+            })
+            .await
+            .expect("resolve")
+            .into_inner()
+    }
+
+    async fn ids(&self) -> Vec<String> {
+        self.resolve()
+            .await
+            .instances
+            .into_iter()
+            .map(|i| i.instance_id)
+            .collect()
+    }
+
+    async fn watch(&self, since: u64) -> tonic::Streaming<pb::WatchResponse> {
+        self.registry
+            .client(&self.token)
+            .watch(pb::WatchRequest {
+                service: "ratings".into(),
+                since_revision: since,
+            })
+            .await
+            .expect("watch")
+            .into_inner()
+    }
+
+    async fn ratings(&self, n: u16, extra: &[&str]) -> Ratings {
+        Ratings::start(&self.registry.url(), &self.token, n, extra).await
+    }
+}
+
+/// The next message of a watch that is not progress.
+async fn next_event(stream: &mut tonic::Streaming<pb::WatchResponse>, within: Duration) -> Event {
+    loop {
+        let message = tokio::time::timeout(within, stream.next())
+            .await
+            .expect("a watch event in time")
+            .expect("the stream goes on")
+            .expect("no error");
+        match message.event.expect("an event") {
+            Event::Progress(_) => continue,
+            event => return event,
+        }
+    }
+}
+
+fn change(event: Event) -> (pb::ChangeKind, String, pb::RemovalReason, u64) {
+    let Event::Change(change) = event else {
+        panic!("expected a change, got {event:?}")
+    };
+    let (kind, reason) = (change.kind(), change.reason());
+    let instance = change.instance.expect("an instance");
+    (kind, instance.instance_id, reason, change.revision)
+}
+
+fn snapshot_ids(event: Event) -> (Vec<String>, u64) {
+    let Event::Snapshot(snapshot) = event else {
+        panic!("expected a snapshot, got {event:?}")
+    };
+    (
+        snapshot
+            .instances
+            .into_iter()
+            .map(|i| i.instance_id)
+            .collect(),
+        snapshot.revision,
+    )
+}
+
+#[tokio::test]
+async fn two_instances_register_resolve_and_serve() {
+    let s = setup(&[]).await;
+    let one = s.ratings(1, &[]).await;
+    let two = s.ratings(2, &[]).await;
+
+    let resolved = s.resolve().await;
+    let listed: HashMap<String, String> = resolved
+        .instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.address.clone()))
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed["ratings-1"], one.url());
+    assert_eq!(listed["ratings-2"], two.url());
+
+    for instance in &resolved.instances {
+        let mut client = RatingsClient::connect(instance.address.clone())
+            .await
+            .expect("connect");
+        let rating = client
+            .get(GetRatingRequest {
+                thing_id: "camera".into(),
+            })
+            .await
+            .expect("get camera")
+            .into_inner();
+        assert_eq!(rating.rating, 45);
+        assert_eq!(rating.served_by, instance.instance_id);
+    }
+    one.proc.wait_for_line("GET camera => 45").await;
+    two.proc.wait_for_line("GET camera => 45").await;
+
+    // registryctl lists the same instances.
+    let listed = s.registry.ctl(&["instances", "ratings", "--json"]).await;
+    assert!(
+        listed.contains("\"instance_id\":\"ratings-1\"")
+            && listed.contains("\"instance_id\":\"ratings-2\""),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl() {
+    let s = setup(&[]).await;
+    let mut one = s.ratings(1, &["--ttl", "2s"]).await;
+    let two = s.ratings(2, &["--ttl", "2s"]).await;
+    let mut watch = s.watch(0).await;
+    let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+    ids.sort();
+    assert_eq!(ids, ["ratings-1", "ratings-2"]);
+
+    let start = Instant::now();
+    one.proc.signal(Signal::SIGINT);
+    let (kind, id, reason, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+    let elapsed = start.elapsed();
+    assert_eq!(
+        (kind, id.as_str(), reason),
+        (
+            pb::ChangeKind::Removed,
+            "ratings-1",
+            pb::RemovalReason::Deregistered
+        )
+    );
+    eprintln!("FIGURE sigint_to_removed_ms={}", elapsed.as_millis());
+    assert!(
+        elapsed < Duration::from_millis(200),
+        "removed {elapsed:?} after SIGINT"
+    );
+    assert!(one.proc.wait_exit(Duration::from_secs(5)).await.success());
+
+    let start = Instant::now();
+    two.proc.signal(Signal::SIGKILL);
+    let (kind, id, reason, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+    let elapsed = start.elapsed();
+    assert_eq!(
+        (kind, id.as_str(), reason),
+        (
+            pb::ChangeKind::Removed,
+            "ratings-2",
+            pb::RemovalReason::Expired
+        )
+    );
+    eprintln!(
+        "FIGURE sigkill_to_removed_ms={} ttl_ms=2000",
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed <= Duration::from_secs(3),
+        "removed {elapsed:?} after SIGKILL, TTL 2 s"
+    );
+    assert!(s.ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_restarted_registry_keeps_its_catalog_and_instances_return() {
+    let s = setup(&[]).await;
+    // TTL 3 s: heartbeats every second.
+    let _one = s.ratings(1, &["--ttl", "3s"]).await;
+    let _two = s.ratings(2, &["--ttl", "3s"]).await;
+    let Setup {
+        dir,
+        registry,
+        token,
+    } = s;
+    let listen = registry.addr.to_string();
+    registry.stop().await;
+
+    let registry = Registry::start_on(&listen, dir.path(), &[]).await;
+    let restarted = Instant::now();
+    let s = Setup {
+        dir,
+        registry,
+        token,
+    };
+    // The catalog and the old token survived.
+    let services = s.registry.ctl(&["services", "--json"]).await;
+    assert!(services.contains("\"name\":\"ratings\""), "{services}");
+    let mut watch = s.watch(0).await;
+    let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+    while ids.len() < 2 {
+        let (kind, id, _, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+        assert_eq!(kind, pb::ChangeKind::Added);
+        ids.push(id);
+    }
+    let elapsed = restarted.elapsed();
+    ids.sort();
+    assert_eq!(ids, ["ratings-1", "ratings-2"]);
+    eprintln!(
+        "FIGURE restart_to_both_listed_ms={} heartbeat_interval_ms=1000",
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed <= Duration::from_millis(1000 + 250),
+        "listed again {elapsed:?} after the restart"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_instance_whose_lease_expired_returns_after_sigcont() {
+    let s = setup(&[]).await;
+    // TTL 2 s: heartbeats every 667 ms.
+    let one = s.ratings(1, &["--ttl", "2s"]).await;
+    let mut watch = s.watch(0).await;
+    snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+
+    one.proc.signal(Signal::SIGSTOP);
+    let (kind, _, reason, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+    assert_eq!(
+        (kind, reason),
+        (pb::ChangeKind::Removed, pb::RemovalReason::Expired)
+    );
+
+    let start = Instant::now();
+    one.proc.signal(Signal::SIGCONT);
+    let (kind, id, _, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+    let elapsed = start.elapsed();
+    assert_eq!((kind, id.as_str()), (pb::ChangeKind::Added, "ratings-1"));
+    eprintln!(
+        "FIGURE sigcont_to_listed_ms={} heartbeat_interval_ms=667",
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed <= Duration::from_millis(667),
+        "listed again {elapsed:?} after SIGCONT"
+    );
+}
+
+/// Registers a made-up instance directly over gRPC.
+async fn register(
+    client: &mut registry_client::RegistryClient,
+    service: &str,
+    id: &str,
+    port: u16,
+) -> u64 {
+    client
+        .register(pb::RegisterRequest {
+            service: service.into(),
+            instance_id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            metadata: HashMap::new(),
+            ttl_seconds: 60,
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .lease_id
+}
+
+#[tokio::test]
+async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
+    let s = setup(&["--history", "16"]).await;
+    let orders_token = s.registry.create_service("orders").await;
+    let mut ratings = s.registry.client(&s.token);
+    let mut orders = s.registry.client(&orders_token);
+    let lease_a = register(&mut ratings, "ratings", "a", 9001).await;
+
+    let mut watch = s.watch(0).await;
+    let (ids, seen) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+    assert_eq!(ids, ["a"]);
+    drop(watch);
+
+    // Missed while away: three changes of ratings, one of another service.
+    register(&mut ratings, "ratings", "b", 9002).await;
+    register(&mut orders, "orders", "o", 9100).await;
+    ratings
+        .deregister(pb::DeregisterRequest {
+            lease_id: lease_a,
+            ..Default::default()
+        })
+        .await
+        .expect("deregister");
+    register(&mut ratings, "ratings", "c", 9003).await;
+
+    let mut watch = s.watch(seen).await;
+    let mut missed = Vec::new();
+    let mut last = seen;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        match message.event.expect("an event") {
+            Event::Change(change) => {
+                assert!(change.revision > last, "revisions only grow, no duplicates");
+                last = change.revision;
+                missed.push((
+                    change.kind(),
+                    change.instance.expect("instance").instance_id,
+                ));
+            }
+            Event::Progress(progress) => {
+                assert!(progress.revision >= last);
+                break;
+            }
+            Event::Snapshot(_) => panic!("the history covers the gap: no snapshot expected"),
+        }
+    }
+    use pb::ChangeKind::{Added, Removed};
+    assert_eq!(
+        missed,
+        [
+            (Added, "b".to_owned()),
+            (Removed, "a".to_owned()),
+            (Added, "c".to_owned())
+        ]
+    );
+    drop(watch);
+
+    // More changes than the history holds: the watcher gets a snapshot.
+    for i in 0..20 {
+        register(&mut orders, "orders", &format!("o{i}"), 9200 + i).await;
+    }
+    let mut watch = s.watch(last).await;
+    let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+    ids.sort();
+    assert_eq!(ids, ["b", "c"]);
+}
+
+/// One row of the bad-input table: what was sent, and what must come back.
+struct Case {
+    what: &'static str,
+    code: Code,
+    says: &'static str,
+    result: Result<(), tonic::Status>,
+}
+
+fn case<T>(
+    what: &'static str,
+    code: Code,
+    says: &'static str,
+    result: Result<T, tonic::Status>,
+) -> Case {
+    Case {
+        what,
+        code,
+        says,
+        result: result.map(|_| ()),
+    }
+}
+
+fn registration(service: &str, id: &str, address: &str, ttl: u32) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        service: service.into(),
+        instance_id: id.into(),
+        address: address.into(),
+        metadata: HashMap::new(),
+        ttl_seconds: ttl,
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_status_and_changes_nothing() {
+    let s = setup(&[]).await;
+    let orders_token = s.registry.create_service("orders").await;
+    let created = s
+        .registry
+        .ctl(&["create-service", "billing", "--json"])
+        .await;
+    let consumer_token = created
+        .split("\"consumer_token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a consumer token in the JSON")
+        .to_owned();
+    let mut admin = s.registry.client(&s.registry.admin_token);
+    let mut ratings = s.registry.client(&s.token);
+    let mut orders = s.registry.client(&orders_token);
+    let mut consumer = s.registry.client(&consumer_token);
+    let mut stranger = s.registry.client("svc_0000");
+    let mut anonymous = pb::registry_client::RegistryClient::connect(s.registry.url())
+        .await
+        .expect("connect");
+    let lease = register(&mut ratings, "ratings", "r1", 9001).await;
+
+    let services_before = admin
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let resolve = pb::ResolveRequest {
+        service: "ratings".into(),
+    };
+    let instances_before = admin
+        .resolve(resolve.clone())
+        .await
+        .expect("resolve")
+        .into_inner()
+        .instances;
+
+    let many: HashMap<String, String> = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+    let long: HashMap<String, String> = [("k".to_owned(), "v".repeat(300))].into();
+    let cases = vec![
+        case(
+            "no token",
+            Code::Unauthenticated,
+            "missing `authorization: Bearer <token>`",
+            anonymous
+                .register(registration("ratings", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "unknown token",
+            Code::Unauthenticated,
+            "unknown token",
+            stranger
+                .register(registration("ratings", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "another service's token",
+            Code::PermissionDenied,
+            "token of service 'orders' may not register",
+            orders
+                .register(registration("ratings", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "a consumer token registering",
+            Code::PermissionDenied,
+            "consumer token may only read",
+            consumer
+                .register(registration("billing", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "a service token creating a service",
+            Code::PermissionDenied,
+            "needs the admin token",
+            ratings
+                .create_service(pb::CreateServiceRequest {
+                    name: "evil".into(),
+                })
+                .await,
+        ),
+        case(
+            "a bad service name",
+            Code::InvalidArgument,
+            "invalid service name \"Bad_Name\"",
+            admin
+                .create_service(pb::CreateServiceRequest {
+                    name: "Bad_Name".into(),
+                })
+                .await,
+        ),
+        case(
+            "an existing service",
+            Code::AlreadyExists,
+            "service 'ratings' already exists",
+            admin
+                .create_service(pb::CreateServiceRequest {
+                    name: "ratings".into(),
+                })
+                .await,
+        ),
+        case(
+            "a bad service name to register",
+            Code::InvalidArgument,
+            "invalid service name",
+            ratings
+                .register(registration("-ratings", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "an address without a port",
+            Code::InvalidArgument,
+            "the port is missing",
+            ratings
+                .register(registration("ratings", "x", "localhost", 30))
+                .await,
+        ),
+        case(
+            "an address of another scheme",
+            Code::InvalidArgument,
+            "neither http nor https",
+            ratings
+                .register(registration("ratings", "x", "ftp://127.0.0.1:21", 30))
+                .await,
+        ),
+        case(
+            "an address with a path",
+            Code::InvalidArgument,
+            "has a path",
+            ratings
+                .register(registration("ratings", "x", "http://127.0.0.1:1/x", 30))
+                .await,
+        ),
+        case(
+            "TTL 0",
+            Code::InvalidArgument,
+            "invalid ttl_seconds 0: use 1 to 300",
+            ratings
+                .register(registration("ratings", "x", "127.0.0.1:1", 0))
+                .await,
+        ),
+        case(
+            "TTL 301 s",
+            Code::InvalidArgument,
+            "invalid ttl_seconds 301: use 1 to 300",
+            ratings
+                .register(registration("ratings", "x", "127.0.0.1:1", 301))
+                .await,
+        ),
+        case(
+            "too many metadata entries",
+            Code::InvalidArgument,
+            "17 entries, at most 16",
+            ratings
+                .register(pb::RegisterRequest {
+                    metadata: many,
+                    ..registration("ratings", "x", "127.0.0.1:1", 30)
+                })
+                .await,
+        ),
+        case(
+            "an oversized metadata value",
+            Code::InvalidArgument,
+            "300 bytes, at most 256",
+            ratings
+                .register(pb::RegisterRequest {
+                    metadata: long,
+                    ..registration("ratings", "x", "127.0.0.1:1", 30)
+                })
+                .await,
+        ),
+        case(
+            "a bad instance id",
+            Code::InvalidArgument,
+            "invalid instance id",
+            ratings
+                .register(registration("ratings", "a b", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "an instance id held at another address",
+            Code::AlreadyExists,
+            "held by a live instance",
+            ratings
+                .register(registration("ratings", "r1", "127.0.0.1:2", 30))
+                .await,
+        ),
+        case(
+            "a service that does not exist",
+            Code::NotFound,
+            "service 'nope' does not exist",
+            admin
+                .register(registration("nope", "x", "127.0.0.1:1", 30))
+                .await,
+        ),
+        case(
+            "heartbeat on an unknown lease",
+            Code::NotFound,
+            "lease 1 is unknown or expired",
+            ratings
+                .heartbeat(pb::HeartbeatRequest { lease_id: 1 })
+                .await,
+        ),
+        case(
+            "heartbeat on another service's lease",
+            Code::PermissionDenied,
+            "belongs to service 'ratings'",
+            orders
+                .heartbeat(pb::HeartbeatRequest { lease_id: lease })
+                .await,
+        ),
+        case(
+            "deregister another service's lease",
+            Code::PermissionDenied,
+            "belongs to service 'ratings'",
+            orders
+                .deregister(pb::DeregisterRequest {
+                    lease_id: lease,
+                    ..Default::default()
+                })
+                .await,
+        ),
+        case(
+            "deregister another service's instance",
+            Code::PermissionDenied,
+            "may not register, renew or remove",
+            orders
+                .deregister(pb::DeregisterRequest {
+                    service: "ratings".into(),
+                    instance_id: "r1".into(),
+                    lease_id: 0,
+                })
+                .await,
+        ),
+        case(
+            "deregister naming nothing",
+            Code::InvalidArgument,
+            "give lease_id, or service and instance_id",
+            ratings.deregister(pb::DeregisterRequest::default()).await,
+        ),
+        case(
+            "reading another service",
+            Code::PermissionDenied,
+            "may not read service 'ratings'",
+            orders.resolve(resolve.clone()).await,
+        ),
+        case(
+            "resolving an unknown service",
+            Code::NotFound,
+            "service 'nope' does not exist",
+            admin
+                .resolve(pb::ResolveRequest {
+                    service: "nope".into(),
+                })
+                .await,
+        ),
+        case(
+            "watching without a token",
+            Code::Unauthenticated,
+            "missing",
+            anonymous
+                .watch(pb::WatchRequest {
+                    service: "ratings".into(),
+                    since_revision: 0,
+                })
+                .await,
+        ),
+        case(
+            "deleting with a service token",
+            Code::PermissionDenied,
+            "needs the admin token",
+            ratings
+                .delete_service(pb::DeleteServiceRequest {
+                    name: "ratings".into(),
+                })
+                .await,
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for case in cases {
+        match case.result {
+            Ok(()) => failures.push(format!("{}: accepted", case.what)),
+            Err(status) if status.code() != case.code || !status.message().contains(case.says) => {
+                failures.push(format!(
+                    "{}: got {:?} {:?}, want {:?} saying {:?}",
+                    case.what,
+                    status.code(),
+                    status.message(),
+                    case.code,
+                    case.says
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let services_after = admin
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(services_after, services_before, "the catalog is unchanged");
+    let instances_after = admin
+        .resolve(resolve)
+        .await
+        .expect("resolve")
+        .into_inner()
+        .instances;
+    assert_eq!(
+        instances_after, instances_before,
+        "the instances are unchanged"
+    );
+    // The consumer token reads, and sees no leases.
+    let seen = consumer
+        .resolve(pb::ResolveRequest {
+            service: "billing".into(),
+        })
+        .await;
+    assert!(seen.is_ok(), "{seen:?}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_on_both_daemons() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let s = setup(&[]).await;
+    let ratings = s.ratings(1, &[]).await;
+    for (url, service) in [
+        (s.registry.url(), "market.registry.v1.Registry"),
+        (ratings.url(), "market.ratings.v1.Ratings"),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("a valid url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        for name in ["", service] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner()
+                .status();
+            assert_eq!(status, ServingStatus::Serving, "{url} {name:?}");
+        }
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses.next().await.expect("an answer").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer {response:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "{url}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{url}: {names:?}"
+        );
+    }
+}
