@@ -698,7 +698,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() {
                     status.message(),
                     case.code,
                     case.says
-                ))
+                ));
             }
             Err(_) => {}
         }
