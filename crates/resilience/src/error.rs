@@ -11,12 +11,6 @@ pub struct AllServicesDown(pub(crate) ());
 #[error("the breaker opened before the call was sent")]
 pub struct BreakerOpen(pub(crate) ());
 
-/// The endpoint was asked to step aside (a retry or hedge must go elsewhere);
-/// the call was not sent.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the call was rerouted to another instance")]
-pub struct Rerouted(pub(crate) ());
-
 /// Why a call through the stack failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {

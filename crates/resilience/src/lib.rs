@@ -19,12 +19,16 @@
 //! request and response types and takes the gRPC method as a function.
 
 pub mod breaker;
+mod client;
+mod endpoint;
 mod error;
+mod policy;
+mod round_robin;
 
 pub use crate::{
-    breaker::{
-        BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerLayer,
-        EndpointLabel,
-    },
-    error::{AllServicesDown, BreakerOpen, CallError, Rerouted},
+    breaker::{BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerLayer, EndpointLabel},
+    client::Client,
+    endpoint::{EndpointSnapshot, Served},
+    error::{AllServicesDown, BreakerOpen, CallError},
+    policy::{Balance, Policy, PolicyError},
 };

@@ -154,11 +154,7 @@ pub enum Outcome {
 /// timeouts ([`tower::timeout::error::Elapsed`]), and the statuses
 /// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL` and
 /// `UNKNOWN`. Any other status is an answer from a healthy server: a success.
-/// [`crate::Rerouted`] is neutral.
 pub fn classify(error: &BoxError) -> Outcome {
-    if error.is::<crate::Rerouted>() {
-        return Outcome::Neutral;
-    }
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
         use tonic::Code;
         return match status.code() {

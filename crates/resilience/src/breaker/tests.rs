@@ -294,7 +294,6 @@ fn failures_are_classified_as_the_contract_says() {
     );
     let refused: BoxError = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
     assert_eq!(classify(&refused), Outcome::Failure);
-    assert_eq!(classify(&crate::Rerouted(()).into()), Outcome::Neutral);
 }
 
 #[tokio::test(start_paused = true)]

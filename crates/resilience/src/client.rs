@@ -1,0 +1,444 @@
+//! The client: discovery, the balancer and the per-call policy around them.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{FutureExt as _, Stream, StreamExt as _, future::Either, stream::FuturesUnordered};
+use registry_client::{Registries, WatchConfig, WatchUpdate, Watcher};
+use tokio::{
+    sync::{Mutex, mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tower::{
+    BoxError, Service, ServiceExt as _,
+    balance::p2c::Balance as P2c,
+    discover::Change,
+    load::{CompleteOnResponse, PeakEwma},
+    retry::budget::{Budget as _, TpsBudget},
+    timeout::Timeout,
+};
+
+use crate::{
+    Balance, CallError, Policy, PolicyError,
+    breaker::{Breaker, CircuitBreaker, EndpointLabel, Outcome, classify},
+    endpoint::{Attempt, DirectService, EndpointKey, EndpointSnapshot, Endpoints, Entry, GrpcEndpoint, Method, Served},
+    error::{AllServicesDown, BreakerOpen},
+    round_robin::RoundRobin,
+};
+
+/// The stack the balancer holds per instance.
+type Balanced<Req, Resp> = CircuitBreaker<PeakEwma<Timeout<GrpcEndpoint<Req, Resp>>, CompleteOnResponse>>;
+type Discovered<Req, Resp> = UnboundedReceiverStream<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>;
+
+/// The initial latency estimate of a new instance, before it has answered.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// How fast peak-EWMA forgets a slow answer.
+const EWMA_DECAY: Duration = Duration::from_secs(5);
+
+enum Balancer<Req, Resp> {
+    P2c(P2c<Discovered<Req, Resp>, Attempt<Req>>),
+    RoundRobin(RoundRobin<Discovered<Req, Resp>, Attempt<Req>>),
+}
+
+impl<Req, Resp> Balancer<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    fn new(mode: Balance, discover: Discovered<Req, Resp>) -> Self {
+        match mode {
+            Balance::P2c => Self::P2c(P2c::new(discover)),
+            Balance::RoundRobin => Self::RoundRobin(RoundRobin::new(discover)),
+        }
+    }
+}
+
+impl<Req, Resp> Service<Attempt<Req>> for Balancer<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Served<Resp>;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Served<Resp>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        match self {
+            Self::P2c(b) => b.poll_ready(cx),
+            Self::RoundRobin(b) => b.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, attempt: Attempt<Req>) -> Self::Future {
+        match self {
+            Self::P2c(b) => Box::pin(b.call(attempt)),
+            Self::RoundRobin(b) => Box::pin(b.call(attempt)),
+        }
+    }
+}
+
+/// A resilient client of one gRPC method of one service.
+///
+/// Cheap to clone; clones share the instances, breakers and budget. The
+/// discovery task stops when the last clone is dropped.
+pub struct Client<Req, Resp> {
+    shared: Arc<Shared<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Client<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<Req, Resp> {
+    service: Arc<str>,
+    policy: Policy,
+    balancer: Mutex<Balancer<Req, Resp>>,
+    endpoints: Arc<Endpoints<Req, Resp>>,
+    budget: TpsBudget,
+    synced: watch::Receiver<bool>,
+    discovery: JoinHandle<()>,
+}
+
+impl<Req, Resp> Drop for Shared<Req, Resp> {
+    fn drop(&mut self) {
+        self.discovery.abort();
+    }
+}
+
+/// An attempt under way, and the instance it went to.
+struct InFlight<Resp> {
+    instance: Arc<EndpointLabel>,
+    answer: JoinHandle<Result<Served<Resp>, BoxError>>,
+}
+
+impl<Req, Resp> Client<Req, Resp>
+where
+    Req: Clone + Send + Sync + 'static,
+    Resp: Send + 'static,
+{
+    /// A client of `service` that finds its instances through the registry.
+    /// Call it inside a Tokio runtime.
+    pub fn discover<F, Fut>(service: &str, registries: Registries, policy: Policy, method: F) -> Result<Self, PolicyError>
+    where
+        F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
+    {
+        let watcher = Watcher::spawn(registries, WatchConfig::new(service));
+        Self::new(service, watcher, policy, method)
+    }
+
+    /// A client of `service` whose instances come from `updates` (for
+    /// example a [`Watcher`]). Call it inside a Tokio runtime.
+    pub fn new<U, F, Fut>(service: &str, updates: U, policy: Policy, method: F) -> Result<Self, PolicyError>
+    where
+        U: Stream<Item = WatchUpdate> + Send + 'static,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
+    {
+        policy.validate()?;
+        let method: Method<Req, Resp> = Arc::new(move |channel, request| method(channel, request).boxed());
+        let service: Arc<str> = service.into();
+        let endpoints = Endpoints::new();
+        let (changes, discover) = mpsc::unbounded_channel();
+        let (synced_tx, synced) = watch::channel(false);
+        let discovery = tokio::spawn(follow(
+            updates,
+            Discovery {
+                service: service.clone(),
+                policy,
+                method,
+                endpoints: endpoints.clone(),
+                changes,
+                synced: synced_tx,
+            },
+        ));
+        let budget = TpsBudget::new(Duration::from_secs(10), 10, policy.retry_budget);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                service,
+                policy,
+                balancer: Mutex::new(Balancer::new(policy.balance, UnboundedReceiverStream::new(discover))),
+                endpoints,
+                budget,
+                synced,
+                discovery,
+            }),
+        })
+    }
+
+    /// Waits until the registry has told the client its instances once.
+    pub async fn synced(&self) {
+        let mut synced = self.shared.synced.clone();
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    /// The instances known now, sorted by address, with their breakers.
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.shared.endpoints.snapshot()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Calls the service.
+    ///
+    /// Fails at once with [`CallError::AllServicesDown`] when no instance can
+    /// take the call. Otherwise a first attempt goes to the instance the
+    /// balancer picks; a failed attempt is tried again on another instance
+    /// (within the retry budget and the deadline); with hedging, a slow attempt
+    /// is raced by one on another instance. Attempts that lose the race, or
+    /// outlive the deadline, run on in the background until their own timeout,
+    /// so their instance's breaker still learns how they ended.
+    pub async fn call(&self, request: Req) -> Result<Served<Resp>, CallError> {
+        let shared = &self.shared;
+        let policy = shared.policy;
+        let deadline = Instant::now() + policy.deadline;
+        shared.budget.deposit();
+
+        let mut tried: Vec<Arc<EndpointLabel>> = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        let first = match self.first_attempt(request.clone(), deadline).await? {
+            Some(first) => first,
+            // The chosen instance's breaker opened before the call was sent.
+            None => self.other_attempt(request.clone(), deadline, &[]).ok_or_else(|| self.all_down())?,
+        };
+        tried.push(first.instance.clone());
+        in_flight.push(label_answer(first));
+
+        let mut retries_left = policy.retries;
+        let mut hedge = policy.hedge_after.map(|after| Box::pin(tokio::time::sleep(after)));
+        loop {
+            let hedge_timer = match &mut hedge {
+                Some(timer) => Either::Left(timer.as_mut()),
+                None => Either::Right(futures::future::pending()),
+            };
+            tokio::select! {
+                Some((instance, answer)) = in_flight.next() => match answer {
+                    Ok(served) => return Ok(served),
+                    Err(error) => {
+                        let retry = retries_left > 0 && is_retryable(&error) && Instant::now() < deadline;
+                        tracing::debug!(service = %shared.service, instance = %instance.instance, %error, retry, "attempt failed");
+                        if retry && shared.budget.withdraw() {
+                            retries_left -= 1;
+                            if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried) {
+                                tried.push(attempt.instance.clone());
+                                in_flight.push(label_answer(attempt));
+                            }
+                        }
+                        if in_flight.is_empty() {
+                            return Err(CallError::from_box(error, policy.timeout));
+                        }
+                    }
+                },
+                () = hedge_timer => {
+                    hedge = None;
+                    if shared.budget.withdraw()
+                        && let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried)
+                    {
+                        tracing::debug!(service = %shared.service, instance = %attempt.instance.instance, "hedging");
+                        tried.push(attempt.instance.clone());
+                        in_flight.push(label_answer(attempt));
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(CallError::DeadlineExceeded(policy.deadline));
+                }
+            }
+        }
+    }
+
+    /// Sends the first attempt through the balancer; `None` when the chosen
+    /// instance refused it unsent (its breaker opened meanwhile).
+    async fn first_attempt(&self, request: Req, deadline: Instant) -> Result<Option<InFlight<Resp>>, CallError> {
+        let shared = &self.shared;
+        let policy = shared.policy;
+        let started = Instant::now();
+        if shared.endpoints.none_ready() {
+            return Err(self.all_down());
+        }
+        let attempt_deadline = (started + policy.timeout).min(deadline);
+        let attempt = Attempt::new(request, attempt_deadline - started);
+        let taken_by = attempt.taken_by.clone();
+        let dispatched = tokio::time::timeout_at(attempt_deadline, async {
+            let mut balancer = shared.balancer.lock().await;
+            balancer.ready().await?;
+            Ok::<_, BoxError>(balancer.call(attempt))
+        })
+        .await;
+        let answer = match dispatched {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => return Err(CallError::Other(error)),
+            // Every instance became unready while we waited.
+            Err(_) if shared.endpoints.none_ready() => return Err(self.all_down()),
+            Err(_) => return Err(CallError::Timeout(policy.timeout)),
+        };
+        Ok(taken_by.get().map(|instance| InFlight {
+            instance: instance.clone(),
+            answer: tokio::spawn(answer),
+        }))
+    }
+
+    /// Sends a retry or a hedge to the least loaded instance not tried yet.
+    fn other_attempt(&self, request: Req, deadline: Instant, tried: &[Arc<EndpointLabel>]) -> Option<InFlight<Resp>> {
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let mut service: DirectService<Req, Resp> = self.shared.endpoints.pick_other(tried)?;
+        // Ready at once when the breaker admits: the inner call is always ready.
+        service.ready().now_or_never()?.ok()?;
+        let budget = self.shared.policy.timeout.min(deadline - now);
+        let attempt = Attempt::new(request, budget);
+        let taken_by = attempt.taken_by.clone();
+        let answer = service.call(attempt);
+        let instance = taken_by.get()?.clone();
+        Some(InFlight {
+            instance,
+            answer: tokio::spawn(answer),
+        })
+    }
+
+    fn all_down(&self) -> CallError {
+        let service = &self.shared.service;
+        tracing::warn!(
+            service = %service,
+            known = self.shared.endpoints.len(),
+            "{service}: no live instances! giving up"
+        );
+        CallError::AllServicesDown(AllServicesDown(()))
+    }
+}
+
+fn label_answer<Resp: Send + 'static>(
+    attempt: InFlight<Resp>,
+) -> impl Future<Output = (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>)> {
+    let InFlight { instance, answer } = attempt;
+    async move {
+        let result = match answer.await {
+            Ok(result) => result,
+            Err(joined) => Err(Box::new(joined) as BoxError),
+        };
+        (instance, result)
+    }
+}
+
+/// Whether an attempt's failure warrants another try elsewhere: the
+/// instance failed (by the breaker's definition), or the call was never sent.
+fn is_retryable(error: &BoxError) -> bool {
+    error.is::<BreakerOpen>() || classify(error) == Outcome::Failure
+}
+
+/// What the discovery task needs.
+struct Discovery<Req, Resp> {
+    service: Arc<str>,
+    policy: Policy,
+    method: Method<Req, Resp>,
+    endpoints: Arc<Endpoints<Req, Resp>>,
+    changes: mpsc::UnboundedSender<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>,
+    synced: watch::Sender<bool>,
+}
+
+/// Applies the registry's updates to the endpoint set at once, and queues
+/// them for the balancer, which takes them at its next call.
+async fn follow<Req, Resp, U>(updates: U, discovery: Discovery<Req, Resp>)
+where
+    U: Stream<Item = WatchUpdate> + Send + 'static,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    let mut updates = std::pin::pin!(updates);
+    while let Some(update) = updates.next().await {
+        match update {
+            WatchUpdate::Upsert(instance) => {
+                if let Some(key) = discovery.endpoints.key_of(&instance.id) {
+                    if *key.address == *instance.address {
+                        // Same instance, same place: keep its breaker and connection.
+                        continue;
+                    }
+                    discovery.endpoints.remove(&instance.id);
+                    let _ = discovery.changes.send(Ok(Change::Remove(key)));
+                }
+                let Some((key, balanced)) = discovery.endpoint(&instance) else {
+                    continue;
+                };
+                if discovery.changes.send(Ok(Change::Insert(key, balanced))).is_err() {
+                    return;
+                }
+            }
+            WatchUpdate::Remove(instance) => {
+                if let Some(key) = discovery.endpoints.remove(&instance.id) {
+                    tracing::info!(service = %discovery.service, instance = %instance.id, address = %instance.address, "instance {} left", instance.id);
+                    if discovery.changes.send(Ok(Change::Remove(key))).is_err() {
+                        return;
+                    }
+                }
+            }
+            WatchUpdate::Synced(_) => {
+                discovery.synced.send_replace(true);
+            }
+        }
+    }
+}
+
+impl<Req, Resp> Discovery<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Builds the stacks of a new instance and records it.
+    fn endpoint(&self, instance: &registry_client::Instance) -> Option<(EndpointKey, Balanced<Req, Resp>)> {
+        let channel = match tonic::transport::Endpoint::from_shared(instance.address.clone()) {
+            Ok(endpoint) => endpoint
+                .connect_timeout(self.policy.timeout)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+            Err(error) => {
+                tracing::warn!(service = %self.service, instance = %instance.id, address = %instance.address, %error, "ignoring an instance with an unusable address");
+                return None;
+            }
+        };
+        let label = Arc::new(EndpointLabel {
+            service: self.service.clone(),
+            instance: instance.id.as_str().into(),
+            address: instance.address.as_str().into(),
+        });
+        let key = EndpointKey {
+            address: label.address.clone(),
+            instance: label.instance.clone(),
+        };
+        let breaker = Breaker::new((*label).clone(), self.policy.breaker);
+        let grpc = GrpcEndpoint {
+            channel,
+            label: label.clone(),
+            method: self.method.clone(),
+            endpoints: self.endpoints.clone(),
+        };
+        let timeout = self.policy.timeout;
+        let balanced = CircuitBreaker::new(
+            PeakEwma::new(
+                Timeout::new(grpc.clone(), timeout),
+                DEFAULT_RTT,
+                EWMA_DECAY.as_nanos() as f64,
+                CompleteOnResponse::default(),
+            ),
+            breaker.clone(),
+        );
+        let direct = CircuitBreaker::new(Timeout::new(grpc, timeout), breaker.clone());
+        tracing::info!(service = %self.service, instance = %instance.id, address = %instance.address, "instance {} joined", instance.id);
+        self.endpoints.insert(key.clone(), Entry { label, breaker, direct });
+        Some((key, balanced))
+    }
+}

@@ -1,0 +1,213 @@
+//! One instance as a tower service, and the set of all of them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock, RwLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use tonic::transport::Channel;
+use tower::Service;
+
+use crate::breaker::{Breaker, BreakerSnapshot, CircuitBreaker, EndpointLabel};
+
+/// Calls one gRPC method on a channel: the only service-specific part of the
+/// stack. A `Fn(Channel, tonic::Request<Req>) -> Future<Output = Result<Resp, Status>>`.
+pub(crate) type Method<Req, Resp> =
+    Arc<dyn Fn(Channel, tonic::Request<Req>) -> BoxFuture<'static, Result<tonic::Response<Resp>, tonic::Status>> + Send + Sync>;
+
+/// One attempt of a call on its way to an instance.
+#[derive(Debug)]
+pub(crate) struct Attempt<Req> {
+    pub(crate) request: Req,
+    /// The time left for the call: sent as `grpc-timeout`.
+    pub(crate) budget: Duration,
+    /// Filled in by the instance that takes the attempt.
+    pub(crate) taken_by: Arc<OnceLock<Arc<EndpointLabel>>>,
+}
+
+impl<Req> Attempt<Req> {
+    pub(crate) fn new(request: Req, budget: Duration) -> Self {
+        Self {
+            request,
+            budget,
+            taken_by: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+/// An answer, with the instance that gave it.
+#[derive(Debug, Clone)]
+pub struct Served<Resp> {
+    /// The answer.
+    pub response: Resp,
+    /// Which instance answered.
+    pub instance: Arc<EndpointLabel>,
+}
+
+/// The innermost service of an endpoint: calls the method on the instance's
+/// channel. Always ready: the channel connects lazily and reports a refused
+/// connection as the call's error, at once.
+pub(crate) struct GrpcEndpoint<Req, Resp> {
+    pub(crate) channel: Channel,
+    pub(crate) label: Arc<EndpointLabel>,
+    pub(crate) method: Method<Req, Resp>,
+    /// For the instance's place in the address-sorted list, which the log shows.
+    pub(crate) endpoints: Arc<Endpoints<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for GrpcEndpoint<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            channel: self.channel.clone(),
+            label: self.label.clone(),
+            method: self.method.clone(),
+            endpoints: self.endpoints.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> Service<Attempt<Req>> for GrpcEndpoint<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    type Response = Served<Resp>;
+    type Error = tonic::Status;
+    type Future = BoxFuture<'static, Result<Served<Resp>, tonic::Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt<Req>) -> Self::Future {
+        let _ = attempt.taken_by.set(self.label.clone());
+        let index = self.endpoints.position(&self.label).map_or(0, |i| i + 1);
+        tracing::info!(
+            service = %self.label.service,
+            instance = %self.label.instance,
+            address = %self.label.address,
+            "{} using instance {index}: {}", self.label.service, self.label.address
+        );
+        let mut request = tonic::Request::new(attempt.request);
+        request.set_timeout(attempt.budget);
+        let call = (self.method)(self.channel.clone(), request);
+        let label = self.label.clone();
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(Served {
+                response: response.into_inner(),
+                instance: label,
+            })
+        })
+    }
+}
+
+/// The stack used for retries and hedges, which pick their instance directly
+/// rather than through the balancer: the breaker over a timeout over the call.
+pub(crate) type DirectService<Req, Resp> = CircuitBreaker<tower::timeout::Timeout<GrpcEndpoint<Req, Resp>>>;
+
+/// What a dashboard shows of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSnapshot {
+    /// Its id in the registry.
+    pub instance: String,
+    /// Its address.
+    pub address: String,
+    /// Its breaker and counts.
+    pub breaker: BreakerSnapshot,
+}
+
+/// The key of an instance: sorted by address, as the original listed them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct EndpointKey {
+    pub(crate) address: Arc<str>,
+    pub(crate) instance: Arc<str>,
+}
+
+pub(crate) struct Entry<Req, Resp> {
+    pub(crate) label: Arc<EndpointLabel>,
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) direct: DirectService<Req, Resp>,
+}
+
+/// Every instance the client knows, sorted by address, with its breaker.
+/// Kept up to date by the discovery task as soon as the registry reports a
+/// change, whether or not calls are being made.
+pub(crate) struct Endpoints<Req, Resp> {
+    entries: RwLock<BTreeMap<EndpointKey, Entry<Req, Resp>>>,
+}
+
+impl<Req, Resp> Endpoints<Req, Resp> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            entries: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<EndpointKey, Entry<Req, Resp>>> {
+        self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<EndpointKey, Entry<Req, Resp>>> {
+        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn insert(&self, key: EndpointKey, entry: Entry<Req, Resp>) {
+        self.write().insert(key, entry);
+    }
+
+    /// Removes the instance with this id; returns its key.
+    pub(crate) fn remove(&self, instance: &str) -> Option<EndpointKey> {
+        let mut entries = self.write();
+        let key = entries.keys().find(|k| &*k.instance == instance)?.clone();
+        entries.remove(&key);
+        Some(key)
+    }
+
+    /// The key of the instance with this id.
+    pub(crate) fn key_of(&self, instance: &str) -> Option<EndpointKey> {
+        self.read().keys().find(|k| &*k.instance == instance).cloned()
+    }
+
+    /// Where an instance stands in the address-sorted list, from 0.
+    pub(crate) fn position(&self, label: &EndpointLabel) -> Option<usize> {
+        self.read()
+            .keys()
+            .position(|k| k.address == label.address && k.instance == label.instance)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no instance could take a call now: none is known, or each one's
+    /// breaker is open (or busy with its probe).
+    pub(crate) fn none_ready(&self) -> bool {
+        !self.read().values().any(|e| e.breaker.would_admit())
+    }
+
+    /// The least loaded instance that could take a call now, other than those
+    /// in `tried`, ready to call.
+    pub(crate) fn pick_other(&self, tried: &[Arc<EndpointLabel>]) -> Option<DirectService<Req, Resp>> {
+        let entries = self.read();
+        entries
+            .values()
+            .filter(|e| !tried.iter().any(|t| t.instance == e.label.instance) && e.breaker.would_admit())
+            .min_by(|a, b| a.breaker.cost().total_cmp(&b.breaker.cost()))
+            .map(|e| e.direct.clone())
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<EndpointSnapshot> {
+        self.read()
+            .iter()
+            .map(|(key, entry)| EndpointSnapshot {
+                instance: key.instance.to_string(),
+                address: key.address.to_string(),
+                breaker: entry.breaker.snapshot(),
+            })
+            .collect()
+    }
+}
