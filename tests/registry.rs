@@ -11,67 +11,43 @@ use market_proto::{
     ratings::v1::{GetRatingRequest, ratings_client::RatingsClient},
     registry::v1::{self as pb, watch_response::Event},
 };
-use test_support::{Ratings, Registry, Signal};
+use test_support::{Cluster, Signal};
 use tonic::Code;
 
-/// A registry with the `ratings` service created through `registryctl`.
-struct Setup {
-    dir: tempfile::TempDir,
-    registry: Registry,
-    token: String,
+async fn setup(extra: &[&str]) -> Cluster {
+    Cluster::start(extra).await
 }
 
-async fn setup(extra: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::start(dir.path(), extra).await;
-    let token = registry.create_service("ratings").await;
-    assert!(
-        token.starts_with("svc_"),
-        "create-service prints the token alone: {token:?}"
-    );
-    Setup {
-        dir,
-        registry,
-        token,
-    }
+async fn resolve(s: &Cluster) -> pb::ResolveResponse {
+    s.registry
+        .client(&s.token)
+        .resolve(pb::ResolveRequest {
+            service: "ratings".into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner()
 }
 
-impl Setup {
-    async fn resolve(&self) -> pb::ResolveResponse {
-        self.registry
-            .client(&self.token)
-            .resolve(pb::ResolveRequest {
-                service: "ratings".into(),
-            })
-            .await
-            .expect("resolve")
-            .into_inner()
-    }
+async fn instance_ids(s: &Cluster) -> Vec<String> {
+    resolve(s)
+        .await
+        .instances
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect()
+}
 
-    async fn ids(&self) -> Vec<String> {
-        self.resolve()
-            .await
-            .instances
-            .into_iter()
-            .map(|i| i.instance_id)
-            .collect()
-    }
-
-    async fn watch(&self, since: u64) -> tonic::Streaming<pb::WatchResponse> {
-        self.registry
-            .client(&self.token)
-            .watch(pb::WatchRequest {
-                service: "ratings".into(),
-                since_revision: since,
-            })
-            .await
-            .expect("watch")
-            .into_inner()
-    }
-
-    async fn ratings(&self, n: u16, extra: &[&str]) -> Ratings {
-        Ratings::start(&self.registry.url(), &self.token, n, extra).await
-    }
+async fn open_watch(s: &Cluster, since: u64) -> tonic::Streaming<pb::WatchResponse> {
+    s.registry
+        .client(&s.token)
+        .watch(pb::WatchRequest {
+            service: "ratings".into(),
+            since_revision: since,
+        })
+        .await
+        .expect("watch")
+        .into_inner()
 }
 
 /// The next message of a watch that is not progress.
@@ -118,7 +94,7 @@ async fn two_instances_register_resolve_and_serve() {
     let one = s.ratings(1, &[]).await;
     let two = s.ratings(2, &[]).await;
 
-    let resolved = s.resolve().await;
+    let resolved = resolve(&s).await;
     let listed: HashMap<String, String> = resolved
         .instances
         .iter()
@@ -159,7 +135,7 @@ async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl() {
     let s = setup(&[]).await;
     let mut one = s.ratings(1, &["--ttl", "2s"]).await;
     let two = s.ratings(2, &["--ttl", "2s"]).await;
-    let mut watch = s.watch(0).await;
+    let mut watch = open_watch(&s, 0).await;
     let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
     ids.sort();
     assert_eq!(ids, ["ratings-1", "ratings-2"]);
@@ -203,34 +179,22 @@ async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl() {
         elapsed <= Duration::from_secs(3),
         "removed {elapsed:?} after SIGKILL, TTL 2 s"
     );
-    assert!(s.ids().await.is_empty());
+    assert!(instance_ids(&s).await.is_empty());
 }
 
 #[tokio::test]
 async fn a_restarted_registry_keeps_its_catalog_and_instances_return() {
-    let s = setup(&[]).await;
+    let mut s = setup(&[]).await;
     // TTL 3 s: heartbeats every second.
     let _one = s.ratings(1, &["--ttl", "3s"]).await;
     let _two = s.ratings(2, &["--ttl", "3s"]).await;
-    let Setup {
-        dir,
-        registry,
-        token,
-    } = s;
-    let listen = registry.addr.to_string();
-    registry.stop().await;
-
-    let registry = Registry::start_on(&listen, dir.path(), &[]).await;
+    s.stop_registry().await;
+    s.start_registry().await;
     let restarted = Instant::now();
-    let s = Setup {
-        dir,
-        registry,
-        token,
-    };
     // The catalog and the old token survived.
     let services = s.registry.ctl(&["services", "--json"]).await;
     assert!(services.contains("\"name\":\"ratings\""), "{services}");
-    let mut watch = s.watch(0).await;
+    let mut watch = open_watch(&s, 0).await;
     let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
     while ids.len() < 2 {
         let (kind, id, _, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
@@ -255,7 +219,7 @@ async fn a_paused_instance_whose_lease_expired_returns_after_sigcont() {
     let s = setup(&[]).await;
     // TTL 2 s: heartbeats every 667 ms.
     let one = s.ratings(1, &["--ttl", "2s"]).await;
-    let mut watch = s.watch(0).await;
+    let mut watch = open_watch(&s, 0).await;
     snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
 
     one.proc.signal(Signal::SIGSTOP);
@@ -309,7 +273,7 @@ async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
     let mut orders = s.registry.client(&orders_token);
     let lease_a = register(&mut ratings, "ratings", "a", 9001).await;
 
-    let mut watch = s.watch(0).await;
+    let mut watch = open_watch(&s, 0).await;
     let (ids, seen) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
     assert_eq!(ids, ["a"]);
     drop(watch);
@@ -326,7 +290,7 @@ async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
         .expect("deregister");
     register(&mut ratings, "ratings", "c", 9003).await;
 
-    let mut watch = s.watch(seen).await;
+    let mut watch = open_watch(&s, seen).await;
     let mut missed = Vec::new();
     let mut last = seen;
     loop {
@@ -366,7 +330,7 @@ async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
     for i in 0..20 {
         register(&mut orders, "orders", &format!("o{i}"), 9200 + i).await;
     }
-    let mut watch = s.watch(last).await;
+    let mut watch = open_watch(&s, last).await;
     let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
     ids.sort();
     assert_eq!(ids, ["b", "c"]);

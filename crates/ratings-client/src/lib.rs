@@ -6,10 +6,14 @@ use std::fmt;
 
 use market_proto::{
     BalanceMode, ContractPolicy,
-    ratings::v1::{GetRatingRequest, RATINGS_CLIENT_POLICY, ratings_client::RatingsClient as GrpcClient},
+    ratings::v1::{
+        GetRatingRequest, RATINGS_CLIENT_POLICY, ratings_client::RatingsClient as GrpcClient,
+    },
 };
 use registry_client::{Registries, WatchUpdate};
-use resilience::{Balance, BreakerPolicy, CallError, Client, EndpointSnapshot, Policy, PolicyError};
+use resilience::{
+    Balance, BreakerPolicy, CallError, Client, EndpointSnapshot, Policy, PolicyError,
+};
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "ratings";
@@ -45,8 +49,12 @@ fn policy_from(contract: &ContractPolicy) -> Policy {
         timeout,
         deadline: contract.deadline.unwrap_or(timeout * 2),
         breaker: BreakerPolicy {
-            failure_limit: contract.failure_limit.unwrap_or(defaults.breaker.failure_limit),
-            retest_delay: contract.retest_delay.unwrap_or(defaults.breaker.retest_delay),
+            failure_limit: contract
+                .failure_limit
+                .unwrap_or(defaults.breaker.failure_limit),
+            retest_delay: contract
+                .retest_delay
+                .unwrap_or(defaults.breaker.retest_delay),
             max_open: contract.max_open.unwrap_or(defaults.breaker.max_open),
             jitter: defaults.breaker.jitter,
         },
@@ -68,7 +76,9 @@ pub struct RatingsClient {
 
 impl fmt::Debug for RatingsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RatingsClient").field("policy", self.client.policy()).finish_non_exhaustive()
+        f.debug_struct("RatingsClient")
+            .field("policy", self.client.policy())
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,9 +86,10 @@ impl RatingsClient {
     /// A client that finds the ratings instances through the registry.
     /// Call it inside a Tokio runtime.
     pub fn discover(registries: Registries, policy: Policy) -> Result<Self, PolicyError> {
-        let client = Client::discover(SERVICE, registries, policy, |channel, request| async move {
-            GrpcClient::new(channel).get(request).await
-        })?;
+        let client =
+            Client::discover(SERVICE, registries, policy, |channel, request| async move {
+                GrpcClient::new(channel).get(request).await
+            })?;
         Ok(Self { client })
     }
 

@@ -1,11 +1,6 @@
 //! The client: discovery, the balancer and the per-call policy around them.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt as _, Stream, StreamExt as _, future::Either, stream::FuturesUnordered};
 use registry_client::{Registries, WatchConfig, WatchUpdate, Watcher};
@@ -28,14 +23,19 @@ use tower::{
 use crate::{
     Balance, CallError, Policy, PolicyError,
     breaker::{Breaker, CircuitBreaker, EndpointLabel, Outcome, classify},
-    endpoint::{Attempt, DirectService, EndpointKey, EndpointSnapshot, Endpoints, Entry, GrpcEndpoint, Method, Served},
+    endpoint::{
+        Attempt, DirectService, EndpointKey, EndpointSnapshot, Endpoints, Entry, GrpcEndpoint,
+        Method, Served,
+    },
     error::{AllServicesDown, BreakerOpen},
     round_robin::RoundRobin,
 };
 
 /// The stack the balancer holds per instance.
-type Balanced<Req, Resp> = CircuitBreaker<PeakEwma<Timeout<GrpcEndpoint<Req, Resp>>, CompleteOnResponse>>;
-type Discovered<Req, Resp> = UnboundedReceiverStream<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>;
+type Balanced<Req, Resp> =
+    CircuitBreaker<PeakEwma<Timeout<GrpcEndpoint<Req, Resp>>, CompleteOnResponse>>;
+type Discovered<Req, Resp> =
+    UnboundedReceiverStream<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>;
 
 /// The initial latency estimate of a new instance, before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
@@ -69,7 +69,10 @@ where
     type Error = BoxError;
     type Future = futures::future::BoxFuture<'static, Result<Served<Resp>, BoxError>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
         match self {
             Self::P2c(b) => b.poll_ready(cx),
             Self::RoundRobin(b) => b.poll_ready(cx),
@@ -129,7 +132,12 @@ where
 {
     /// A client of `service` that finds its instances through the registry.
     /// Call it inside a Tokio runtime.
-    pub fn discover<F, Fut>(service: &str, registries: Registries, policy: Policy, method: F) -> Result<Self, PolicyError>
+    pub fn discover<F, Fut>(
+        service: &str,
+        registries: Registries,
+        policy: Policy,
+        method: F,
+    ) -> Result<Self, PolicyError>
     where
         F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
@@ -140,14 +148,20 @@ where
 
     /// A client of `service` whose instances come from `updates` (for
     /// example a [`Watcher`]). Call it inside a Tokio runtime.
-    pub fn new<U, F, Fut>(service: &str, updates: U, policy: Policy, method: F) -> Result<Self, PolicyError>
+    pub fn new<U, F, Fut>(
+        service: &str,
+        updates: U,
+        policy: Policy,
+        method: F,
+    ) -> Result<Self, PolicyError>
     where
         U: Stream<Item = WatchUpdate> + Send + 'static,
         F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
     {
         policy.validate()?;
-        let method: Method<Req, Resp> = Arc::new(move |channel, request| method(channel, request).boxed());
+        let method: Method<Req, Resp> =
+            Arc::new(move |channel, request| method(channel, request).boxed());
         let service: Arc<str> = service.into();
         let endpoints = Endpoints::new();
         let (changes, discover) = mpsc::unbounded_channel();
@@ -168,7 +182,10 @@ where
             shared: Arc::new(Shared {
                 service,
                 policy,
-                balancer: Mutex::new(Balancer::new(policy.balance, UnboundedReceiverStream::new(discover))),
+                balancer: Mutex::new(Balancer::new(
+                    policy.balance,
+                    UnboundedReceiverStream::new(discover),
+                )),
                 endpoints,
                 budget,
                 synced,
@@ -213,13 +230,17 @@ where
         let first = match self.first_attempt(request.clone(), deadline).await? {
             Some(first) => first,
             // The chosen instance's breaker opened before the call was sent.
-            None => self.other_attempt(request.clone(), deadline, &[]).ok_or_else(|| self.all_down())?,
+            None => self
+                .other_attempt(request.clone(), deadline, &[])
+                .ok_or_else(|| self.all_down())?,
         };
         tried.push(first.instance.clone());
         in_flight.push(label_answer(first));
 
         let mut retries_left = policy.retries;
-        let mut hedge = policy.hedge_after.map(|after| Box::pin(tokio::time::sleep(after)));
+        let mut hedge = policy
+            .hedge_after
+            .map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             let hedge_timer = match &mut hedge {
                 Some(timer) => Either::Left(timer.as_mut()),
@@ -262,7 +283,11 @@ where
 
     /// Sends the first attempt through the balancer; `None` when the chosen
     /// instance refused it unsent (its breaker opened meanwhile).
-    async fn first_attempt(&self, request: Req, deadline: Instant) -> Result<Option<InFlight<Resp>>, CallError> {
+    async fn first_attempt(
+        &self,
+        request: Req,
+        deadline: Instant,
+    ) -> Result<Option<InFlight<Resp>>, CallError> {
         let shared = &self.shared;
         let policy = shared.policy;
         let started = Instant::now();
@@ -292,7 +317,12 @@ where
     }
 
     /// Sends a retry or a hedge to the least loaded instance not tried yet.
-    fn other_attempt(&self, request: Req, deadline: Instant, tried: &[Arc<EndpointLabel>]) -> Option<InFlight<Resp>> {
+    fn other_attempt(
+        &self,
+        request: Req,
+        deadline: Instant,
+        tried: &[Arc<EndpointLabel>],
+    ) -> Option<InFlight<Resp>> {
         let now = Instant::now();
         if now >= deadline {
             return None;
@@ -347,7 +377,7 @@ struct Discovery<Req, Resp> {
     policy: Policy,
     method: Method<Req, Resp>,
     endpoints: Arc<Endpoints<Req, Resp>>,
-    changes: mpsc::UnboundedSender<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>,
+    changes: mpsc::UnboundedSender<ChangeOf<Req, Resp>>,
     synced: watch::Sender<bool>,
 }
 
@@ -374,7 +404,11 @@ where
                 let Some((key, balanced)) = discovery.endpoint(&instance) else {
                     continue;
                 };
-                if discovery.changes.send(Ok(Change::Insert(key, balanced))).is_err() {
+                if discovery
+                    .changes
+                    .send(Ok(Change::Insert(key, balanced)))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -399,7 +433,10 @@ where
     Resp: Send + 'static,
 {
     /// Builds the stacks of a new instance and records it.
-    fn endpoint(&self, instance: &registry_client::Instance) -> Option<(EndpointKey, Balanced<Req, Resp>)> {
+    fn endpoint(
+        &self,
+        instance: &registry_client::Instance,
+    ) -> Option<(EndpointKey, Balanced<Req, Resp>)> {
         let channel = match tonic::transport::Endpoint::from_shared(instance.address.clone()) {
             Ok(endpoint) => endpoint
                 .connect_timeout(self.policy.timeout)
@@ -438,7 +475,14 @@ where
         );
         let direct = CircuitBreaker::new(Timeout::new(grpc, timeout), breaker.clone());
         tracing::info!(service = %self.service, instance = %instance.id, address = %instance.address, "instance {} joined", instance.id);
-        self.endpoints.insert(key.clone(), Entry { label, breaker, direct });
+        self.endpoints.insert(
+            key.clone(),
+            Entry {
+                label,
+                breaker,
+                direct,
+            },
+        );
         Some((key, balanced))
     }
 }

@@ -15,8 +15,14 @@ use crate::breaker::{Breaker, BreakerSnapshot, CircuitBreaker, EndpointLabel};
 
 /// Calls one gRPC method on a channel: the only service-specific part of the
 /// stack. A `Fn(Channel, tonic::Request<Req>) -> Future<Output = Result<Resp, Status>>`.
-pub(crate) type Method<Req, Resp> =
-    Arc<dyn Fn(Channel, tonic::Request<Req>) -> BoxFuture<'static, Result<tonic::Response<Resp>, tonic::Status>> + Send + Sync>;
+pub(crate) type Method<Req, Resp> = Arc<
+    dyn Fn(
+            Channel,
+            tonic::Request<Req>,
+        ) -> BoxFuture<'static, Result<tonic::Response<Resp>, tonic::Status>>
+        + Send
+        + Sync,
+>;
 
 /// One attempt of a call on its way to an instance.
 #[derive(Debug)]
@@ -107,7 +113,8 @@ where
 
 /// The stack used for retries and hedges, which pick their instance directly
 /// rather than through the balancer: the breaker over a timeout over the call.
-pub(crate) type DirectService<Req, Resp> = CircuitBreaker<tower::timeout::Timeout<GrpcEndpoint<Req, Resp>>>;
+pub(crate) type DirectService<Req, Resp> =
+    CircuitBreaker<tower::timeout::Timeout<GrpcEndpoint<Req, Resp>>>;
 
 /// What a dashboard shows of one instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,11 +155,15 @@ impl<Req, Resp> Endpoints<Req, Resp> {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<EndpointKey, Entry<Req, Resp>>> {
-        self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<EndpointKey, Entry<Req, Resp>>> {
-        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn insert(&self, key: EndpointKey, entry: Entry<Req, Resp>) {
@@ -169,7 +180,10 @@ impl<Req, Resp> Endpoints<Req, Resp> {
 
     /// The key of the instance with this id.
     pub(crate) fn key_of(&self, instance: &str) -> Option<EndpointKey> {
-        self.read().keys().find(|k| &*k.instance == instance).cloned()
+        self.read()
+            .keys()
+            .find(|k| &*k.instance == instance)
+            .cloned()
     }
 
     /// Where an instance stands in the address-sorted list, from 0.
@@ -191,11 +205,16 @@ impl<Req, Resp> Endpoints<Req, Resp> {
 
     /// The least loaded instance that could take a call now, other than those
     /// in `tried`, ready to call.
-    pub(crate) fn pick_other(&self, tried: &[Arc<EndpointLabel>]) -> Option<DirectService<Req, Resp>> {
+    pub(crate) fn pick_other(
+        &self,
+        tried: &[Arc<EndpointLabel>],
+    ) -> Option<DirectService<Req, Resp>> {
         let entries = self.read();
         entries
             .values()
-            .filter(|e| !tried.iter().any(|t| t.instance == e.label.instance) && e.breaker.would_admit())
+            .filter(|e| {
+                !tried.iter().any(|t| t.instance == e.label.instance) && e.breaker.would_admit()
+            })
             .min_by(|a, b| a.breaker.cost().total_cmp(&b.breaker.cost()))
             .map(|e| e.direct.clone())
     }

@@ -39,6 +39,13 @@ impl CallError {
             Err(error) => error,
         };
         let error = match error.downcast::<tonic::Status>() {
+            // tonic enforces `grpc-timeout` on the client too, as CANCELLED.
+            Ok(status)
+                if status.code() == tonic::Code::Cancelled
+                    && crate::breaker::caused_by_transport(&status) =>
+            {
+                return CallError::Timeout(timeout);
+            }
             Ok(status) => return CallError::Status(*status),
             Err(error) => error,
         };

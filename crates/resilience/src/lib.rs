@@ -26,7 +26,10 @@ mod policy;
 mod round_robin;
 
 pub use crate::{
-    breaker::{BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerLayer, EndpointLabel},
+    breaker::{
+        BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerLayer,
+        EndpointLabel,
+    },
     client::Client,
     endpoint::{EndpointSnapshot, Served},
     error::{AllServicesDown, BreakerOpen, CallError},

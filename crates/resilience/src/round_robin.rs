@@ -83,7 +83,10 @@ where
 {
     type Response = <D::Service as Service<Req>>::Response;
     type Error = BoxError;
-    type Future = futures::future::MapErr<<D::Service as Service<Req>>::Future, fn(<D::Service as Service<Req>>::Error) -> BoxError>;
+    type Future = futures::future::MapErr<
+        <D::Service as Service<Req>>::Future,
+        fn(<D::Service as Service<Req>>::Error) -> BoxError,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.update_from_discover(cx)?;
@@ -118,7 +121,10 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         use futures::TryFutureExt as _;
-        let key = self.chosen.take().expect("poll_ready chose an instance before call");
+        let key = self
+            .chosen
+            .take()
+            .expect("poll_ready chose an instance before call");
         self.services
             .call_ready(&key, request)
             .map_err(Into::into as fn(_) -> BoxError)
@@ -140,7 +146,9 @@ mod tests {
         // Inserted out of order: the rotation follows the keys' order.
         for key in ["c", "a", "b"] {
             let (service, handle) = mock::pair::<&'static str, &'static str>();
-            changes.push(Ok::<_, std::convert::Infallible>(Change::Insert(key, service)));
+            changes.push(Ok::<_, std::convert::Infallible>(Change::Insert(
+                key, service,
+            )));
             handles.push((key, handle));
         }
         let discover = Box::pin(futures::stream::iter(changes).chain(futures::stream::pending()));
@@ -161,7 +169,12 @@ mod tests {
         assert_eq!(order, ["a", "b", "c", "a", "b", "c"]);
 
         // b is not ready: the rotation skips it.
-        handles.iter_mut().find(|(k, _)| *k == "b").unwrap().1.allow(0);
+        handles
+            .iter_mut()
+            .find(|(k, _)| *k == "b")
+            .unwrap()
+            .1
+            .allow(0);
         let mut order = Vec::new();
         for _ in 0..4 {
             rr.ready().await.unwrap();

@@ -84,8 +84,12 @@ impl Registry {
         registry_client::connect(&self.url(), token).expect("a valid address and token")
     }
 
-    /// Stops it with SIGTERM and waits for it to exit.
+    /// Stops it with SIGTERM and waits for it to exit cleanly.
     pub async fn stop(mut self) {
+        self.stop_in_place().await;
+    }
+
+    async fn stop_in_place(&mut self) {
         self.proc.signal(Signal::SIGTERM);
         let status = self.proc.wait_exit(Duration::from_secs(10)).await;
         assert!(status.success(), "registryd exited with {status}");
@@ -139,5 +143,57 @@ impl Ratings {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// A registry in a temporary data dir with the `ratings` service created
+/// through `registryctl`, ready for ratings instances.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The registry's data dir; deleted on drop.
+    pub dir: tempfile::TempDir,
+    /// The registry.
+    pub registry: Registry,
+    /// The `ratings` service token.
+    pub token: String,
+}
+
+impl Cluster {
+    /// Starts `registryd` with `extra` arguments and creates `ratings`.
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry = Registry::start(dir.path(), extra).await;
+        let token = registry.create_service("ratings").await;
+        assert!(
+            token.starts_with("svc_"),
+            "create-service prints the token alone: {token:?}"
+        );
+        Self {
+            dir,
+            registry,
+            token,
+        }
+    }
+
+    /// Starts ratings instance `n` registered here.
+    pub async fn ratings(&self, n: u16, extra: &[&str]) -> Ratings {
+        Ratings::start(&self.registry.url(), &self.token, n, extra).await
+    }
+
+    /// The registry as a client library sees it.
+    pub fn registries(&self) -> registry_client::Registries {
+        registry_client::Registries::new([self.registry.url()], &self.token)
+            .expect("a valid address and token")
+    }
+
+    /// Stops the registry (SIGTERM) and waits until it exited.
+    pub async fn stop_registry(&mut self) {
+        self.registry.stop_in_place().await;
+    }
+
+    /// Starts the registry again where it was, with its data dir.
+    pub async fn start_registry(&mut self) {
+        let listen = self.registry.addr.to_string();
+        self.registry = Registry::start_on(&listen, self.dir.path(), &[]).await;
     }
 }

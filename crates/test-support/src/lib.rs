@@ -22,7 +22,7 @@ use tokio::{
 
 mod daemons;
 
-pub use daemons::{Ratings, Registry};
+pub use daemons::{Cluster, Ratings, Registry};
 
 /// How long a test waits for a process to print what it should, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);

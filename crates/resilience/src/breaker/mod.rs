@@ -151,12 +151,17 @@ pub enum Outcome {
 /// The default classification of an error, for gRPC.
 ///
 /// Failures: transport errors (a refused connection among them, at once),
-/// timeouts ([`tower::timeout::error::Elapsed`]), and the statuses
+/// timeouts ([`tower::timeout::error::Elapsed`], or tonic's own enforcement
+/// of `grpc-timeout`, a `CANCELLED` status caused by a transport error), and
+/// the statuses
 /// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL` and
 /// `UNKNOWN`. Any other status is an answer from a healthy server: a success.
 pub fn classify(error: &BoxError) -> Outcome {
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
         use tonic::Code;
+        if caused_by_transport(status) {
+            return Outcome::Failure;
+        }
         return match status.code() {
             Code::Unavailable
             | Code::DeadlineExceeded
@@ -167,6 +172,13 @@ pub fn classify(error: &BoxError) -> Outcome {
         };
     }
     Outcome::Failure
+}
+
+/// Whether a status was made on the client's side from a transport error
+/// (a refused connection, a reset, or tonic's `grpc-timeout` timer) rather
+/// than sent by the server.
+pub(crate) fn caused_by_transport(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
 /// What a breaker's owner can see of it from outside: state and counts.
