@@ -34,8 +34,9 @@ use crate::{
 /// The stack the balancer holds per instance.
 type Balanced<Req, Resp> =
     CircuitBreaker<PeakEwma<Timeout<GrpcEndpoint<Req, Resp>>, CompleteOnResponse>>;
-type Discovered<Req, Resp> =
-    UnboundedReceiverStream<Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>>;
+/// One discovery change as the balancer takes it.
+type ChangeOf<Req, Resp> = Result<Change<EndpointKey, Balanced<Req, Resp>>, Infallible>;
+type Discovered<Req, Resp> = UnboundedReceiverStream<ChangeOf<Req, Resp>>;
 
 /// The initial latency estimate of a new instance, before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
