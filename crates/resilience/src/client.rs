@@ -2,7 +2,11 @@
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
-use futures::{FutureExt as _, Stream, StreamExt as _, future::Either, stream::FuturesUnordered};
+use futures::{
+    FutureExt as _, Stream, StreamExt as _,
+    future::{BoxFuture, Either},
+    stream::FuturesUnordered,
+};
 use registry_client::{Registries, WatchConfig, WatchUpdate, Watcher};
 use tokio::{
     sync::{Mutex, mpsc, watch},
@@ -123,7 +127,46 @@ impl<Req, Resp> Drop for Shared<Req, Resp> {
 /// An attempt under way, and the instance it went to.
 struct InFlight<Resp> {
     instance: Arc<EndpointLabel>,
-    answer: JoinHandle<Result<Served<Resp>, BoxError>>,
+    answer: BoxFuture<'static, Result<Served<Resp>, BoxError>>,
+}
+
+type Labelled<Resp> = BoxFuture<'static, (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>)>;
+
+/// The attempts of one call. They are polled by the caller, so a call costs
+/// no extra task; those still running when the call returns (a hedge's loser,
+/// or attempts past the deadline) or when the caller gives up are handed to
+/// the runtime, to run until their own timeout so that their instance's
+/// breaker learns how they ended.
+struct Attempts<Resp: Send + 'static> {
+    running: FuturesUnordered<Labelled<Resp>>,
+}
+
+impl<Resp: Send + 'static> Attempts<Resp> {
+    fn new() -> Self {
+        Self {
+            running: FuturesUnordered::new(),
+        }
+    }
+
+    fn push(&mut self, attempt: InFlight<Resp>) {
+        let InFlight { instance, answer } = attempt;
+        self.running
+            .push(Box::pin(async move { (instance, answer.await) }));
+    }
+}
+
+impl<Resp: Send + 'static> Drop for Attempts<Resp> {
+    fn drop(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for attempt in std::mem::take(&mut self.running) {
+            runtime.spawn(attempt);
+        }
+    }
 }
 
 impl<Req, Resp> Client<Req, Resp>
@@ -227,7 +270,7 @@ where
         shared.budget.deposit();
 
         let mut tried: Vec<Arc<EndpointLabel>> = Vec::new();
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight = Attempts::new();
         let first = match self.first_attempt(request.clone(), deadline).await? {
             Some(first) => first,
             // The chosen instance's breaker opened before the call was sent.
@@ -236,7 +279,7 @@ where
                 .ok_or_else(|| self.all_down())?,
         };
         tried.push(first.instance.clone());
-        in_flight.push(label_answer(first));
+        in_flight.push(first);
 
         let mut retries_left = policy.retries;
         let mut hedge = policy
@@ -248,7 +291,7 @@ where
                 None => Either::Right(futures::future::pending()),
             };
             tokio::select! {
-                Some((instance, answer)) = in_flight.next() => match answer {
+                Some((instance, answer)) = in_flight.running.next() => match answer {
                     Ok(served) => return Ok(served),
                     Err(error) => {
                         let retry = retries_left > 0 && is_retryable(&error) && Instant::now() < deadline;
@@ -257,10 +300,10 @@ where
                             retries_left -= 1;
                             if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried) {
                                 tried.push(attempt.instance.clone());
-                                in_flight.push(label_answer(attempt));
+                                in_flight.push(attempt);
                             }
                         }
-                        if in_flight.is_empty() {
+                        if in_flight.running.is_empty() {
                             return Err(CallError::from_box(error, policy.timeout));
                         }
                     }
@@ -272,7 +315,7 @@ where
                     {
                         tracing::debug!(service = %shared.service, instance = %attempt.instance.instance, "hedging");
                         tried.push(attempt.instance.clone());
-                        in_flight.push(label_answer(attempt));
+                        in_flight.push(attempt);
                     }
                 },
                 () = tokio::time::sleep_until(deadline) => {
@@ -313,7 +356,7 @@ where
         };
         Ok(taken_by.get().map(|instance| InFlight {
             instance: instance.clone(),
-            answer: tokio::spawn(answer),
+            answer: Box::pin(answer),
         }))
     }
 
@@ -338,7 +381,7 @@ where
         let instance = taken_by.get()?.clone();
         Some(InFlight {
             instance,
-            answer: tokio::spawn(answer),
+            answer: Box::pin(answer),
         })
     }
 
@@ -350,19 +393,6 @@ where
             "{service}: no live instances! giving up"
         );
         CallError::AllServicesDown(AllServicesDown(()))
-    }
-}
-
-fn label_answer<Resp: Send + 'static>(
-    attempt: InFlight<Resp>,
-) -> impl Future<Output = (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>)> {
-    let InFlight { instance, answer } = attempt;
-    async move {
-        let result = match answer.await {
-            Ok(result) => result,
-            Err(joined) => Err(Box::new(joined) as BoxError),
-        };
-        (instance, result)
     }
 }
 
