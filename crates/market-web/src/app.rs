@@ -1,0 +1,440 @@
+//! The routes: the shop page and its form, the JSON API, and the operator's
+//! pages (`/status`, `/healthz`, `/metrics`).
+
+use std::{sync::Arc, time::Duration};
+
+use askama::Template;
+use axum::{
+    Form, Json, Router,
+    extract::{FromRef, Path, Query, State, rejection::FormRejection},
+    http::{StatusCode, Uri, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
+};
+use axum_extra::extract::{SignedCookieJar, cookie::Key};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::{
+    cart::Message,
+    catalog::{self, CATALOG, Item},
+    error::AppError,
+    metrics::Metrics,
+    ratings::{Ratings, Shown, human_age},
+    session::{self, Sessions},
+};
+
+/// The largest form body accepted; the shop's forms are a few dozen bytes.
+pub const MAX_BODY: usize = 4 * 1024;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    ratings: Arc<Ratings>,
+    sessions: Sessions,
+    key: Key,
+    metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The state over a ratings source, with a cookie-signing key.
+    pub fn new(ratings: Arc<Ratings>, metrics: Arc<Metrics>, key: Key) -> Self {
+        Self {
+            ratings,
+            sessions: Sessions::new(Duration::from_secs(3600), 100_000),
+            key,
+            metrics,
+        }
+    }
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(state: &AppState) -> Key {
+        state.key.clone()
+    }
+}
+
+/// The web app, without a socket: tests call it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index).post(change_cart))
+        .route("/thing/{id}", get(thing))
+        .route("/api/things", get(api_things))
+        .route("/api/things/{id}", get(api_thing))
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/static/{file}", get(asset))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+// === the shop page ===
+
+#[derive(Debug, Deserialize)]
+struct IndexQuery {
+    json: Option<String>,
+}
+
+/// One item as the page shows it.
+struct Card {
+    id: &'static str,
+    title: &'static str,
+    blurb: &'static str,
+    price: String,
+    rating: Option<String>,
+    freshness: String,
+    /// Whether ratings are part of this shop (not the monolith).
+    rated: bool,
+    in_cart: bool,
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    cards: Vec<Card>,
+    cart: Vec<&'static Item>,
+    total: String,
+    message: Option<&'static str>,
+}
+
+async fn index(
+    State(state): State<AppState>,
+    jar: SignedCookieJar,
+    query: Result<Query<IndexQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(query) = query.map_err(|e| AppError::BadRequest(format!("malformed query: {e}")))?;
+    if query.json.is_some() {
+        return Ok(
+            Json(serde_json::json!({ "thingIDs": catalog::ids().collect::<Vec<_>>() }))
+                .into_response(),
+        );
+    }
+    let started = Instant::now();
+    let ids: Vec<&'static str> = catalog::ids().collect();
+    let shown = state.ratings.for_page(&ids).await;
+
+    let (cart, message) = match state.sessions.find(&jar) {
+        Some(session) => {
+            let mut session = session::lock(&session);
+            (
+                session.cart.clone(),
+                session.flash.take().map(Message::text),
+            )
+        }
+        None => (Default::default(), None),
+    };
+    let rated = state.ratings.client().is_some();
+    let cards = CATALOG
+        .iter()
+        .zip(&shown)
+        .map(|(item, shown)| Card {
+            id: item.id,
+            title: item.title,
+            blurb: item.blurb,
+            price: item.price.to_string(),
+            rating: shown.rating().map(ToString::to_string),
+            freshness: shown.freshness(),
+            rated,
+            in_cart: cart.contains(item.id),
+        })
+        .collect();
+    let page = IndexPage {
+        cards,
+        total: cart.total().to_string(),
+        cart: cart.items().collect(),
+        message,
+    };
+    let html = page.render()?;
+    state.metrics.page(started.elapsed().as_secs_f64());
+    Ok(Html(html).into_response())
+}
+
+/// Adds to, removes from, or checks out the visitor's cart, then redirects
+/// to the page (so a reload does not post again).
+async fn change_cart(
+    State(state): State<AppState>,
+    jar: SignedCookieJar,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Response, AppError> {
+    let Form(fields) = form.map_err(|e| AppError::BadRequest(form_problem(&e)))?;
+    let action = parse_action(&fields)?;
+    let (jar, session) = state.sessions.find_or_create(jar);
+    let mut session = session::lock(&session);
+    let message = match action {
+        Action::Add(item) => session.cart.add(item),
+        Action::Remove(item) => session.cart.remove(item),
+        Action::Checkout => session.cart.checkout(),
+    };
+    session.flash = Some(message);
+    drop(session);
+    Ok((jar, Redirect::to("/")).into_response())
+}
+
+enum Action {
+    Add(&'static Item),
+    Remove(&'static Item),
+    Checkout,
+}
+
+const ACCEPTED: &str = "send exactly one of addCart=<item id>, removeCart=<item id> or checkout";
+
+fn parse_action(fields: &[(String, String)]) -> Result<Action, AppError> {
+    let [(name, value)] = fields else {
+        return Err(AppError::BadRequest(format!(
+            "the form has {} fields; {ACCEPTED}",
+            fields.len()
+        )));
+    };
+    let item = || {
+        catalog::item(value).ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "no such item: {value:?}; the items are {}",
+                catalog::ids().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    };
+    match name.as_str() {
+        "addCart" => Ok(Action::Add(item()?)),
+        "removeCart" => Ok(Action::Remove(item()?)),
+        "checkout" => Ok(Action::Checkout),
+        other => Err(AppError::BadRequest(format!(
+            "unknown form field {other:?}; {ACCEPTED}"
+        ))),
+    }
+}
+
+fn form_problem(rejection: &FormRejection) -> String {
+    match rejection {
+        FormRejection::InvalidFormContentType(_) => {
+            "the form must be sent as application/x-www-form-urlencoded".to_owned()
+        }
+        FormRejection::BytesRejection(_) => {
+            format!("the form is too large or unreadable; at most {MAX_BODY} bytes are accepted")
+        }
+        other => format!("malformed form: {}", other.body_text()),
+    }
+}
+
+// === JSON ===
+
+/// The original's `/thing/<id>`: the item, or 404 `no such Thing: <id>`.
+async fn thing(Path(id): Path<String>) -> Response {
+    match catalog::item(&id) {
+        Some(item) => Json(item).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no such Thing: {id}")).into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct ApiThing {
+    id: &'static str,
+    title: &'static str,
+    blurb: &'static str,
+    /// The price as the page shows it, e.g. `$19.99`.
+    price: String,
+    price_cents: u64,
+    rating: Option<ApiRating>,
+}
+
+#[derive(Serialize)]
+struct ApiRating {
+    /// Tenths of a star.
+    tenths: i32,
+    /// `4.5/5`.
+    display: String,
+    /// Whether it was asked just now.
+    live: bool,
+    /// How old it is, when it came from the cache.
+    age_seconds: Option<f64>,
+    served_by: String,
+}
+
+fn api_thing_of(item: &'static Item, shown: &Shown) -> ApiThing {
+    ApiThing {
+        id: item.id,
+        title: item.title,
+        blurb: item.blurb,
+        price: item.price.to_string(),
+        price_cents: item.price.0,
+        rating: shown.rating().map(|rating| ApiRating {
+            tenths: rating.tenths,
+            display: rating.to_string(),
+            live: matches!(shown, Shown::Live(_)),
+            age_seconds: shown.age().map(|age| age.as_secs_f64()),
+            served_by: rating.served_by.clone(),
+        }),
+    }
+}
+
+async fn api_things(State(state): State<AppState>) -> Json<Vec<ApiThing>> {
+    let ids: Vec<&'static str> = catalog::ids().collect();
+    let shown = state.ratings.for_page(&ids).await;
+    Json(
+        CATALOG
+            .iter()
+            .zip(&shown)
+            .map(|(item, shown)| api_thing_of(item, shown))
+            .collect(),
+    )
+}
+
+async fn api_thing(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiThing>, AppError> {
+    let item = catalog::item(&id).ok_or(AppError::NoItemJson(id))?;
+    let shown = if state.ratings.client().is_some() {
+        state.ratings.lookup(item.id).await
+    } else {
+        Shown::Unknown
+    };
+    Ok(Json(api_thing_of(item, &shown)))
+}
+
+// === operators ===
+
+struct InstanceRow {
+    instance: String,
+    address: String,
+    state: String,
+    retest_in: String,
+    ewma: String,
+    in_flight: u32,
+    calls: u64,
+    failures: u64,
+}
+
+struct CachedRow {
+    id: String,
+    rating: String,
+    served_by: String,
+    age: String,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    summary: String,
+    instances: Vec<InstanceRow>,
+    cached: Vec<CachedRow>,
+}
+
+async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError> {
+    let (summary, instances) = match state.ratings.client() {
+        None => (
+            "This is the monolith: it calls no ratings service.".to_owned(),
+            Vec::new(),
+        ),
+        Some(client) => {
+            let endpoints = client.endpoints();
+            let policy = client.policy();
+            let summary = format!(
+                "{} ratings instance(s) known; timeout {:?}, breaker opens after {} failure(s) and retests after {:?}.",
+                endpoints.len(),
+                policy.timeout,
+                policy.breaker.failure_limit,
+                policy.breaker.retest_delay
+            );
+            let rows = endpoints
+                .into_iter()
+                .map(|e| InstanceRow {
+                    instance: e.instance,
+                    address: e.address,
+                    state: e.breaker.state.to_string(),
+                    retest_in: e
+                        .breaker
+                        .retest_in
+                        .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                        .unwrap_or_default(),
+                    ewma: e
+                        .breaker
+                        .ewma
+                        .map(|d| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
+                        .unwrap_or_default(),
+                    in_flight: e.breaker.in_flight,
+                    calls: e.breaker.calls,
+                    failures: e.breaker.failures,
+                })
+                .collect();
+            (summary, rows)
+        }
+    };
+    let cached = state
+        .ratings
+        .cached()
+        .into_iter()
+        .map(|(id, cached)| CachedRow {
+            id,
+            rating: cached.rating.to_string(),
+            served_by: cached.rating.served_by.clone(),
+            age: human_age(cached.fetched_at.elapsed()),
+        })
+        .collect();
+    let page = StatusPage {
+        summary,
+        instances,
+        cached,
+    };
+    Ok(Html(page.render()?))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+// === static files and the rest ===
+
+static ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../static/style.css"),
+    ),
+    (
+        "basketball.svg",
+        "image/svg+xml",
+        include_str!("../static/basketball.svg"),
+    ),
+    (
+        "briefcase.svg",
+        "image/svg+xml",
+        include_str!("../static/briefcase.svg"),
+    ),
+    (
+        "camera.svg",
+        "image/svg+xml",
+        include_str!("../static/camera.svg"),
+    ),
+    (
+        "football.svg",
+        "image/svg+xml",
+        include_str!("../static/football.svg"),
+    ),
+];
+
+async fn asset(Path(file): Path<String>, uri: Uri) -> Result<Response, AppError> {
+    let (_, content_type, body) = ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .ok_or_else(|| AppError::NoPage(uri.path().to_owned()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, *content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        *body,
+    )
+        .into_response())
+}
+
+async fn not_found(uri: Uri) -> AppError {
+    AppError::NoPage(uri.path().to_owned())
+}

@@ -1,0 +1,204 @@
+//! The `market-web` command line: parses options into a running shop.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, ValueEnum};
+use ratings_client::{RatingsClient, contract_policy};
+use registry_client::Registries;
+use resilience::{Balance, Policy};
+
+/// The Datawire Market web app.
+///
+/// Without --registry (or with --monolith) it is the monolith: prices and
+/// no ratings. With --registry and a token it finds the ratings instances
+/// through the registry and shows each item's rating, calling them through a
+/// stack that balances, times out, breaks circuits per instance, retries
+/// elsewhere and falls back to the last good rating.
+#[derive(Debug, Parser)]
+#[command(name = "market-web", version)]
+pub struct Cli {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "MARKET_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+
+    /// The registry's address; several, comma-separated, fail over in order.
+    #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
+    pub registry: Vec<String>,
+
+    /// A token that may read the `ratings` service (its service or consumer
+    /// token).
+    #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Run as the monolith: no ratings, no calls.
+    #[arg(long)]
+    pub monolith: bool,
+
+    /// Serve a cached rating younger than this without asking (0s: ask on
+    /// every page, as the original did, and use the cache only as a fallback).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub fresh_for: Duration,
+
+    /// The client policy, overriding the contract's.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// The client policy; each default comes from the ratings contract.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Bound on one attempt, e.g. 1s [default: the contract's, 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Bound on a whole call with retries and hedges [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Consecutive failures that open an instance's breaker [default: 1].
+    #[arg(long)]
+    pub failure_limit: Option<u32>,
+    /// How long a breaker stays open before one probe [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retest_delay: Option<Duration>,
+    /// The longest open period after failed probes [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_open: Option<Duration>,
+    /// How to pick an instance [default: p2c].
+    #[arg(long, value_enum)]
+    pub balance: Option<BalanceArg>,
+    /// Retries of a failed attempt on another instance, 0 or 1 [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub retries: Option<u32>,
+    /// Race an attempt unanswered after this long with one on another
+    /// instance, e.g. 50ms [default: off].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hedge_after: Option<Duration>,
+}
+
+/// `--balance`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BalanceArg {
+    /// Power of two choices over peak-EWMA load.
+    P2c,
+    /// Strict rotation over the instances sorted by address.
+    RoundRobin,
+}
+
+impl PolicyArgs {
+    /// The contract's policy with these overrides.
+    pub fn policy(&self) -> anyhow::Result<Policy> {
+        let mut policy = contract_policy();
+        if let Some(timeout) = self.timeout {
+            policy.timeout = timeout;
+            // The deadline follows the timeout unless given.
+            policy.deadline = policy.deadline.max(timeout * 2);
+        }
+        if let Some(deadline) = self.deadline {
+            policy.deadline = deadline;
+        }
+        if let Some(limit) = self.failure_limit {
+            policy.breaker.failure_limit = limit;
+        }
+        if let Some(delay) = self.retest_delay {
+            policy.breaker.retest_delay = delay;
+            policy.breaker.max_open = policy.breaker.max_open.max(delay);
+        }
+        if let Some(max_open) = self.max_open {
+            policy.breaker.max_open = max_open;
+        }
+        if let Some(balance) = self.balance {
+            policy.balance = match balance {
+                BalanceArg::P2c => Balance::P2c,
+                BalanceArg::RoundRobin => Balance::RoundRobin,
+            };
+        }
+        if let Some(retries) = self.retries {
+            policy.retries = retries;
+        }
+        if self.hedge_after.is_some() {
+            policy.hedge_after = self.hedge_after;
+        }
+        policy.validate().context("invalid client policy")?;
+        Ok(policy)
+    }
+
+    /// These options as command-line arguments, to pass them on.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut duration = |name: &str, value: Option<Duration>| {
+            if let Some(value) = value {
+                args.push(format!("--{name}={}", humantime::format_duration(value)));
+            }
+        };
+        duration("timeout", self.timeout);
+        duration("deadline", self.deadline);
+        duration("retest-delay", self.retest_delay);
+        duration("max-open", self.max_open);
+        duration("hedge-after", self.hedge_after);
+        if let Some(limit) = self.failure_limit {
+            args.push(format!("--failure-limit={limit}"));
+        }
+        if let Some(retries) = self.retries {
+            args.push(format!("--retries={retries}"));
+        }
+        if let Some(balance) = self.balance {
+            let name = match balance {
+                BalanceArg::P2c => "p2c",
+                BalanceArg::RoundRobin => "round-robin",
+            };
+            args.push(format!("--balance={name}"));
+        }
+        args
+    }
+}
+
+/// Runs `market-web` as the command line says.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let policy = cli.policy.policy()?;
+    let client = if cli.monolith || cli.registry.is_empty() {
+        tracing::info!("running as the monolith: no ratings");
+        None
+    } else {
+        let token = cli.token.as_deref().context(
+            "no registry token: pass --token or set REGISTRY_TOKEN to the ratings service's token or consumer token",
+        )?;
+        let registries = Registries::new(&cli.registry, token)?;
+        Some(RatingsClient::discover(registries, policy)?)
+    };
+    let state = crate::state(client, cli.fresh_for);
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "market-web listening on http://{addr}");
+    crate::serve(state, listener, shutdown_signal()).await?;
+    tracing::info!("market-web stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,9 @@
+//! `market-web`: the shop's binary.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    market_web::cli::init_logging();
+    market_web::cli::run(market_web::cli::Cli::parse()).await
+}
