@@ -166,7 +166,7 @@ impl Ratings {
         tracing::info!(thing = %id, "ASK for {id}");
         match client.get(id).await {
             Ok(rating) => {
-                tracing::info!(thing = %id, rating = %rating, served_by = %rating.served_by, "GOT {id}: {rating}");
+                tracing::info!(thing = %id, rating = %rating, served_by = %rating.served_by, "GOT {id}: {}", rating.stars());
                 self.metrics.result(true);
                 self.cache.insert(
                     id.to_owned(),

@@ -29,6 +29,13 @@ pub struct Rating {
     pub served_by: String,
 }
 
+impl Rating {
+    /// The rating in stars, `4.5`, as the original logged it.
+    pub fn stars(&self) -> String {
+        format!("{}.{}", self.tenths / 10, self.tenths % 10)
+    }
+}
+
 impl fmt::Display for Rating {
     /// `4.5/5`, as the original showed it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,5 +170,6 @@ mod tests {
         assert_eq!(rating(45).to_string(), "4.5/5");
         assert_eq!(rating(21).to_string(), "2.1/5");
         assert_eq!(rating(50).to_string(), "5.0/5");
+        assert_eq!(rating(45).stars(), "4.5");
     }
 }

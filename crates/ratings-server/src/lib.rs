@@ -6,6 +6,8 @@
 //! reflection. Registration with the registry is the binary's business, through
 //! the `registry-client` crate.
 
+pub mod cli;
+
 use std::{future::Future, time::Duration};
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};

@@ -12,11 +12,13 @@
 //! - [`serve`]: the server on a listener, with health and reflection;
 //! - [`admin_token`]: the admin token's file in the data dir.
 //!
-//! The binary (`src/main.rs`) only parses its command line and calls [`serve`].
+//! [`cli`] is the command line (`src/main.rs` only calls it; the `market` demo
+//! runs it too).
 
 pub mod admin_token;
 mod api;
 pub mod auth;
+pub mod cli;
 pub mod model;
 mod server;
 pub mod store;

@@ -1,0 +1,90 @@
+//! `market`: the one-command demo.
+//!
+//! `market` alone starts, as separate processes, the registry (in a temporary
+//! data dir), the `ratings` service entry, three ratings instances and the
+//! shop, prints where everything is and how to pause, resume and kill an
+//! instance, and on Ctrl-C stops it all in order (instances deregister first).
+//!
+//! The same binary also runs each daemon (`market registryd …`,
+//! `market ratings-server …`, `market market-web …`), which is how the demo
+//! starts its processes: `cargo run --release --bin market` builds one binary
+//! and everything runs from it.
+#![allow(clippy::print_stdout)]
+
+mod supervise;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The Datawire Market, in Rust: a shop calling a ratings microservice
+/// resiliently, with everything it needs started as separate processes.
+#[derive(Debug, Parser)]
+#[command(name = "market", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    daemon: Option<Daemon>,
+
+    #[command(flatten)]
+    demo: DemoArgs,
+}
+
+/// Runs one daemon, as its own binary would.
+#[derive(Debug, Subcommand)]
+enum Daemon {
+    /// The registry daemon (same options as `registryd`).
+    Registryd(registryd::cli::Cli),
+    /// Ratings instances (same options as `ratings-server`).
+    RatingsServer(ratings_server::cli::Cli),
+    /// The shop (same options as `market-web`).
+    MarketWeb(market_web::cli::Cli),
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// How many ratings instances to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
+    pub(crate) instances: u16,
+
+    /// Start only the monolith: the shop without the registry or ratings.
+    #[arg(long)]
+    pub(crate) monolith: bool,
+
+    /// Where the shop listens.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub(crate) listen: SocketAddr,
+
+    /// Where the registry listens.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub(crate) registry_listen: SocketAddr,
+
+    /// Put every process on a free port instead of 5000, 7000 and 8001…
+    /// (to run beside something that uses those).
+    #[arg(long)]
+    pub(crate) any_ports: bool,
+
+    /// The shop's client policy.
+    #[command(flatten)]
+    pub(crate) policy: market_web::cli::PolicyArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.daemon {
+        Some(Daemon::Registryd(cli)) => {
+            registryd::cli::init_logging();
+            runtime.block_on(registryd::cli::run(cli))
+        }
+        Some(Daemon::RatingsServer(cli)) => {
+            ratings_server::cli::init_logging();
+            runtime.block_on(ratings_server::cli::run(cli))
+        }
+        Some(Daemon::MarketWeb(cli)) => {
+            market_web::cli::init_logging();
+            runtime.block_on(market_web::cli::run(cli))
+        }
+        None => runtime.block_on(supervise::demo(cli.demo)),
+    }
+}

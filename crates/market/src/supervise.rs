@@ -1,0 +1,328 @@
+//! Starts the demo's processes, shows where they are, and stops them in order.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use market_proto::registry::v1::CreateServiceRequest;
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+    sync::Notify,
+};
+
+use crate::DemoArgs;
+
+/// How long a process may take to be ready before the demo gives up.
+const READY: Duration = Duration::from_secs(30);
+
+/// One process of the demo, with what it printed.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    printed: Arc<Notify>,
+}
+
+impl Proc {
+    /// Starts `market <args…>` in its own process group (so that Ctrl-C
+    /// reaches only the demo, which then stops everything in order), with its
+    /// output shown behind its name.
+    fn spawn(exe: &PathBuf, name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .env_remove("REGISTRY_TOKEN")
+            .env_remove("REGISTRY_ADMIN_TOKEN")
+            .env_remove("REGISTRY_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let printed = Arc::new(Notify::new());
+        let outputs = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ];
+        for output in outputs.into_iter().flatten() {
+            let (lines, printed, label) = (lines.clone(), printed.clone(), format!("{name:>10} |"));
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(output).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    eprintln!("{label} {line}");
+                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                    printed.notify_waiters();
+                }
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            printed,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    /// Waits for a line containing `needle` and returns it.
+    async fn ready(&mut self, needle: &str) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + READY;
+        loop {
+            let printed = self.printed.notified();
+            tokio::pin!(printed);
+            printed.as_mut().enable();
+            let found = self
+                .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|line| line.contains(needle))
+                .cloned();
+            if let Some(line) = found {
+                return Ok(line);
+            }
+            tokio::select! {
+                () = &mut printed => {}
+                status = self.child.wait() => bail!("{} exited ({}) before it was ready", self.name, status?),
+                () = tokio::time::sleep_until(deadline) => bail!("{} was not ready within {READY:?}", self.name),
+            }
+        }
+    }
+
+    /// Asks it to stop (SIGTERM) and waits until it did.
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            // A paused instance cannot act on SIGTERM until it runs again.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("{} did not stop within 10 s; killing it", self.name);
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The address in a `… listening on 127.0.0.1:7000 …` or `… http://127.0.0.1:5000` line.
+fn address_in(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .filter_map(|word| word.trim_start_matches("http://").parse().ok())
+        .next()
+}
+
+/// The port in a `listening on port 8001` line.
+fn port_in(line: &str) -> Option<u16> {
+    line.split("listening on port ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the market binary")?;
+    let any = |addr: SocketAddr| {
+        if args.any_ports {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            addr
+        }
+    };
+    // The registry's data dir lives as long as the demo.
+    let data_dir = tempfile::Builder::new().prefix("market-demo-").tempdir()?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = start(
+        &exe,
+        &args,
+        data_dir.path(),
+        any(args.registry_listen),
+        any(args.listen),
+        &mut procs,
+    )
+    .await;
+    match result {
+        Ok(banner) => {
+            println!("{banner}");
+            wait_for_signal().await;
+            println!(
+                "\nStopping: ratings instances first (they deregister), then the shop and the registry."
+            );
+        }
+        Err(error) => eprintln!("the demo could not start: {error:#}"),
+    }
+    // Instances first, so that they deregister while the registry still runs.
+    for proc in procs.iter_mut().rev() {
+        proc.stop().await;
+    }
+    println!("Stopped.");
+    Ok(())
+}
+
+async fn start(
+    exe: &PathBuf,
+    args: &DemoArgs,
+    data_dir: &std::path::Path,
+    registry_listen: SocketAddr,
+    listen: SocketAddr,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    let mut web_args = vec![
+        "market-web".to_owned(),
+        "--listen".to_owned(),
+        listen.to_string(),
+    ];
+    let mut token = None;
+    let mut registry_url = None;
+    if args.monolith {
+        web_args.push("--monolith".to_owned());
+    } else {
+        let admin = registryd::auth::generate(registryd::auth::TokenKind::Admin);
+        let mut registry = Proc::spawn(
+            exe,
+            "registryd",
+            &[
+                "registryd".to_owned(),
+                "--listen".to_owned(),
+                registry_listen.to_string(),
+                "--data-dir".to_owned(),
+                data_dir.display().to_string(),
+                "--admin-token".to_owned(),
+                admin.clone(),
+            ],
+        )?;
+        let line = registry.ready("registryd listening on").await?;
+        let addr = address_in(&line).context("registryd did not say where it listens")?;
+        let url = format!("http://{addr}");
+        rows.push(format!(
+            "  {:<12} pid {:<8} {url}",
+            "registryd",
+            registry.pid()
+        ));
+        procs.push(registry);
+
+        // The `ratings` service entry (what `dwc create-service ratings` did).
+        let created = registry_client::connect(&url, &admin)?
+            .create_service(CreateServiceRequest {
+                name: "ratings".into(),
+            })
+            .await
+            .context("cannot create the ratings service")?
+            .into_inner();
+
+        for n in 1..=args.instances {
+            let mut ratings_args = vec![
+                "ratings-server".to_owned(),
+                "--instance".to_owned(),
+                n.to_string(),
+                "--registry".to_owned(),
+                url.clone(),
+                "--token".to_owned(),
+                created.token.clone(),
+            ];
+            if args.any_ports {
+                ratings_args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+            }
+            let name = format!("ratings-{n}");
+            let mut instance = Proc::spawn(exe, &name, &ratings_args)?;
+            let port = port_in(&instance.ready("listening on port").await?).context("no port")?;
+            instance.ready(&format!("registered {name}")).await?;
+            rows.push(format!(
+                "  {name:<12} pid {:<8} http://127.0.0.1:{port}",
+                instance.pid()
+            ));
+            procs.push(instance);
+        }
+        web_args.extend([
+            "--registry".to_owned(),
+            url.clone(),
+            "--token".to_owned(),
+            created.token.clone(),
+        ]);
+        web_args.extend(args.policy.to_args());
+        token = Some(created.token);
+        registry_url = Some(url);
+    }
+
+    let mut web = Proc::spawn(exe, "market-web", &web_args)?;
+    let line = web.ready("market-web listening on").await?;
+    let addr = address_in(&line).context("market-web did not say where it listens")?;
+    rows.push(format!(
+        "  {:<12} pid {:<8} http://{addr}",
+        "market-web",
+        web.pid()
+    ));
+    procs.push(web);
+
+    let mut banner = format!(
+        "\nThe market is open: http://{addr}/\n\n{}\n",
+        rows.join("\n")
+    );
+    if let (Some(token), Some(url)) = (token, registry_url) {
+        let first = procs.get(1).filter(|p| p.name.starts_with("ratings-"));
+        if let Some(first) = first {
+            let pid = first.pid();
+            banner.push_str(&format!(
+                "\nThe walkthrough, with {name}:\n  pause it:   kill -STOP {pid}\n  resume it:  kill -CONT {pid}\n  stop it:    kill {pid}\n",
+                name = first.name
+            ));
+        }
+        banner.push_str(&format!(
+            "  start another instance:\n    cargo run --release --bin market -- ratings-server --instance {next} --registry {url} --token {token}\n",
+            next = args.instances + 1
+        ));
+        banner.push_str(&format!("  breakers and cache: http://{addr}/status\n"));
+    }
+    banner.push_str("\nCtrl-C stops everything.");
+    Ok(banner)
+}
+
+async fn wait_for_signal() {
+    market_web::cli::shutdown_signal().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_ports_are_read_from_log_lines() {
+        assert_eq!(
+            address_in("INFO registryd: registryd listening on 127.0.0.1:7000 addr=127.0.0.1:7000"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+        assert_eq!(
+            address_in(
+                "INFO market_web::cli: market-web listening on http://127.0.0.1:5000 addr=127.0.0.1:5000"
+            ),
+            Some(SocketAddr::from(([127, 0, 0, 1], 5000)))
+        );
+        assert_eq!(
+            port_in("INFO ratings_server::cli: listening on port 8001 instance=ratings-1"),
+            Some(8001)
+        );
+    }
+}

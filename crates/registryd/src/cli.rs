@@ -1,0 +1,128 @@
+//! The `registryd` command line: parses options into a running registry.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::{MemoryStore, MemoryStoreConfig, ServeConfig, admin_token};
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// The registry daemon: a catalog of services and the live instances of each.
+///
+/// Instances register with their service's token and heartbeat to stay
+/// listed; consumers resolve or watch a service with its service or consumer
+/// token. Create services with `registryctl create-service NAME`.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+
+    /// Folder for the catalog and the generated admin token
+    /// [default: the per-user state folder, e.g. ~/.local/state/market-registry].
+    #[arg(long, env = "REGISTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The admin token. Without it, the token in the data dir's `admin-token`
+    /// file is used, and made on first start.
+    #[arg(long, env = "REGISTRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// How often an idle watch stream is told it is current.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+
+    /// How many recent changes are kept so that watchers can resume.
+    #[arg(long, default_value_t = 4096)]
+    pub history: usize,
+}
+
+/// The default data dir: the per-user state folder.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .map(|dir| dir.join("market-registry"))
+        .context("no per-user state folder is known here; pass --data-dir")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs `registryd` as the command line says, until SIGINT or SIGTERM.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.progress_interval.is_zero() {
+        bail!("--progress-interval must be more than 0s");
+    }
+
+    let data_dir = match cli.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let admin_token = match cli.admin_token {
+        Some(token) if !token.trim().is_empty() => token.trim().to_owned(),
+        Some(_) => bail!("--admin-token is empty"),
+        None => {
+            let (token, created) = admin_token::load_or_create(&data_dir).with_context(|| {
+                format!(
+                    "cannot read or create the admin token in {}",
+                    data_dir.display()
+                )
+            })?;
+            let path = admin_token::path_in(&data_dir);
+            if created {
+                tracing::info!(path = %path.display(), "generated the admin token in {}", path.display());
+            } else {
+                tracing::info!(path = %path.display(), "using the admin token in {}", path.display());
+            }
+            token
+        }
+    };
+
+    let store = MemoryStore::open(MemoryStoreConfig {
+        data_dir: Some(data_dir.clone()),
+        history: cli.history,
+        ..MemoryStoreConfig::default()
+    })
+    .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "registryd listening on {addr}");
+
+    let config = ServeConfig {
+        admin_token,
+        progress_every: cli.progress_interval,
+    };
+    crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+    tracing::info!("registryd stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the registry");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
