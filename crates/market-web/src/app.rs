@@ -158,7 +158,15 @@ async fn change_cart(
     jar: SignedCookieJar,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, AppError> {
-    let Form(fields) = form.map_err(|e| AppError::BadRequest(form_problem(&e)))?;
+    let Form(fields) = form.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(format!(
+                "the form is too large; at most {MAX_BODY} bytes are accepted"
+            ))
+        } else {
+            AppError::BadRequest(form_problem(&e))
+        }
+    })?;
     let action = parse_action(&fields)?;
     let (jar, session) = state.sessions.find_or_create(jar);
     let mut session = session::lock(&session);
@@ -438,3 +446,6 @@ async fn asset(Path(file): Path<String>, uri: Uri) -> Result<Response, AppError>
 async fn not_found(uri: Uri) -> AppError {
     AppError::NoPage(uri.path().to_owned())
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,9 @@ pub enum AppError {
     /// The form or query was malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The body was larger than accepted.
+    #[error("{0}")]
+    TooLarge(String),
     /// The page does not exist.
     #[error("there is no page at {0}")]
     NoPage(String),
@@ -42,6 +45,7 @@ impl IntoResponse for AppError {
         let message = self.to_string();
         let (status, heading) = match &self {
             AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "That was too much"),
             AppError::NoPage(_) | AppError::NoItem(_) => (StatusCode::NOT_FOUND, "Not found"),
             AppError::NoItemJson(_) => {
                 return (

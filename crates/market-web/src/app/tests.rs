@@ -1,0 +1,381 @@
+//! Every route through `app().oneshot(…)`, without a socket.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use crate::{app, state};
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+async fn send(router: &axum::Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    request.body(Body::empty()).expect("a request")
+}
+
+fn post(body: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut request =
+        Request::post("/").header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    request
+        .body(Body::from(body.to_owned()))
+        .expect("a request")
+}
+
+fn monolith() -> axum::Router {
+    app(state(None, Duration::ZERO))
+}
+
+/// Posts a form; returns the session cookie to send next time.
+async fn post_form(router: &axum::Router, body: &str, cookie: Option<&str>) -> String {
+    let reply = send(router, post(body, cookie)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SEE_OTHER,
+        "{body}: {}",
+        reply.body
+    );
+    assert_eq!(reply.headers[header::LOCATION], "/");
+    match reply.headers.get(header::SET_COOKIE) {
+        Some(set) => {
+            let set = set.to_str().expect("ascii");
+            assert!(
+                set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+                "{set}"
+            );
+            set.split(';').next().expect("name=value").to_owned()
+        }
+        None => cookie.expect("a session already").to_owned(),
+    }
+}
+
+async fn page(router: &axum::Router, cookie: Option<&str>) -> String {
+    let reply = send(router, get("/", cookie)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
+}
+
+#[tokio::test]
+async fn the_shop_page_lists_the_catalog_in_id_order_with_prices() {
+    let body = page(&monolith(), None).await;
+    assert!(body.contains("Welcome to the Datawire Market!"));
+    let positions: Vec<usize> = ["Basketball", "Briefcase", "Camera", "Football"]
+        .iter()
+        .map(|title| {
+            body.find(&format!("<h2>{title}</h2>"))
+                .unwrap_or_else(|| panic!("{title} shown"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "sorted by id");
+    for price in ["$19.99", "$49.99", "$99.99"] {
+        assert!(body.contains(price), "{price}");
+    }
+    assert!(body.contains("Your Cart") && body.contains("Your cart is currently empty."));
+    assert!(!body.contains("rating:"), "the monolith shows no ratings");
+    assert!(body.contains("/static/camera.svg"));
+}
+
+#[tokio::test]
+async fn add_remove_and_checkout_with_exact_totals() {
+    let router = monolith();
+    let cookie = post_form(&router, "addCart=camera", None).await;
+    let body = page(&router, Some(&cookie)).await;
+    assert!(body.contains("Item added successfully!"));
+    assert!(body.contains("Total: $99.99"));
+    // The message shows once.
+    assert!(
+        !page(&router, Some(&cookie))
+            .await
+            .contains("Item added successfully!")
+    );
+
+    post_form(&router, "addCart=basketball", Some(&cookie)).await;
+    assert!(
+        page(&router, Some(&cookie))
+            .await
+            .contains("Total: $119.98")
+    );
+
+    post_form(&router, "addCart=camera", Some(&cookie)).await;
+    let body = page(&router, Some(&cookie)).await;
+    assert!(
+        body.contains("Item could not be added."),
+        "an item is in the cart at most once"
+    );
+    assert!(body.contains("Total: $119.98"));
+
+    post_form(&router, "removeCart=camera", Some(&cookie)).await;
+    let body = page(&router, Some(&cookie)).await;
+    assert!(body.contains("Item removed successfully!"));
+    assert!(body.contains("Total: $19.99"));
+
+    post_form(&router, "checkout=1", Some(&cookie)).await;
+    let body = page(&router, Some(&cookie)).await;
+    assert!(body.contains("Successfully checked out your items!"));
+    assert!(body.contains("Your cart is currently empty."));
+}
+
+#[tokio::test]
+async fn each_visitor_has_their_own_cart() {
+    let router = monolith();
+    let alice = post_form(&router, "addCart=camera", None).await;
+    let bob = post_form(&router, "addCart=football", None).await;
+    assert_ne!(alice, bob);
+    let alice_page = page(&router, Some(&alice)).await;
+    let bob_page = page(&router, Some(&bob)).await;
+    assert!(alice_page.contains("Total: $99.99"));
+    assert!(bob_page.contains("Total: $19.99"));
+    assert!(
+        page(&router, None)
+            .await
+            .contains("Your cart is currently empty.")
+    );
+}
+
+#[tokio::test]
+async fn a_forged_session_cookie_gets_no_cart() {
+    let router = monolith();
+    let cookie = post_form(&router, "addCart=camera", None).await;
+    // Same id, signature changed; and a made-up id without a signature.
+    let (name, value) = cookie.split_once('=').unwrap();
+    let mut forged = value.to_owned();
+    forged.replace_range(0..1, if forged.starts_with('A') { "B" } else { "A" });
+    for bad in [
+        format!("{name}={forged}"),
+        format!("{name}=00000000000000000000000000000001"),
+    ] {
+        let body = page(&router, Some(&bad)).await;
+        assert!(body.contains("Your cart is currently empty."), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_leaves_the_cart_alone() {
+    let router = monolith();
+    let cookie = post_form(&router, "addCart=camera", None).await;
+    let big = format!("addCart={}", "x".repeat(10_000));
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        (
+            "unknown item",
+            post("addCart=piano", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "no such item: &#34;piano&#34;",
+        ),
+        (
+            "unknown item to remove",
+            post("removeCart=piano", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "the items are basketball, briefcase, camera, football",
+        ),
+        (
+            "two actions",
+            post("addCart=camera&checkout=1", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "the form has 2 fields",
+        ),
+        (
+            "no action",
+            post("", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "the form has 0 fields",
+        ),
+        (
+            "unknown field",
+            post("buy=camera", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "unknown form field &#34;buy&#34;",
+        ),
+        (
+            "a stray percent sign",
+            post("addCart=%ZZ", Some(&cookie)),
+            StatusCode::BAD_REQUEST,
+            "no such item: &#34;%ZZ&#34;",
+        ),
+        (
+            "oversized body",
+            post(&big, Some(&cookie)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 4096 bytes",
+        ),
+        (
+            "JSON instead of a form",
+            Request::post("/")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::COOKIE, &cookie)
+                .body(Body::from(r#"{"addCart":"camera"}"#))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "application/x-www-form-urlencoded",
+        ),
+    ];
+    for (what, request, status, says) in cases {
+        let reply = send(&router, request).await;
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        assert!(reply.body.contains(says), "{what}: {}", reply.body);
+        assert!(!reply.body.contains("panicked"), "{what}");
+    }
+    let body = page(&router, Some(&cookie)).await;
+    assert!(body.contains("Total: $99.99"), "the cart is unchanged");
+}
+
+#[tokio::test]
+async fn the_original_json_routes_and_the_api() {
+    let router = monolith();
+    let reply = send(&router, get("/?json=1", None)).await;
+    assert_eq!(
+        reply.body,
+        r#"{"thingIDs":["basketball","briefcase","camera","football"]}"#
+    );
+
+    let reply = send(&router, get("/thing/camera", None)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let thing: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(thing["title"], "Camera");
+    assert_eq!(thing["price"], 9999);
+
+    let reply = send(&router, get("/thing/piano", None)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::NOT_FOUND, "no such Thing: piano")
+    );
+
+    let reply = send(&router, get("/api/things", None)).await;
+    let things: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(things.as_array().unwrap().len(), 4);
+    assert_eq!(things[2]["price"], "$99.99");
+    assert!(things[2]["rating"].is_null());
+
+    let reply = send(&router, get("/api/things/football", None)).await;
+    let thing: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(thing["price_cents"], 1999);
+
+    let reply = send(&router, get("/api/things/piano", None)).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "application/json");
+    assert!(
+        reply.body.contains("no such item: \\\"piano\\\""),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn operator_pages_assets_and_unknown_paths() {
+    let router = monolith();
+    let reply = send(&router, get("/healthz", None)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "ok\n")
+    );
+    let reply = send(&router, get("/status", None)).await;
+    assert!(reply.body.contains("This is the monolith"));
+    page(&router, None).await;
+    let reply = send(&router, get("/metrics", None)).await;
+    assert!(
+        reply.body.contains("market_page_seconds_count 1"),
+        "{}",
+        reply.body
+    );
+    let reply = send(&router, get("/static/style.css", None)).await;
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "text/css; charset=utf-8"
+    );
+    let reply = send(&router, get("/static/camera.svg", None)).await;
+    assert!(reply.body.starts_with("<svg"));
+    for path in ["/static/passwords.txt", "/nope"] {
+        let reply = send(&router, get(path, None)).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            reply.body.contains(&format!("there is no page at {path}")),
+            "{}",
+            reply.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn ratings_are_live_then_cached_with_their_age_when_the_service_is_gone() {
+    use futures::StreamExt as _;
+    use registry_client::{Instance, WatchUpdate};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(ratings_server::serve(
+        ratings_server::RatingsService::new("ratings-1", ratings_server::Faults::default()),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let updates = futures::stream::iter([
+        WatchUpdate::Upsert(Instance {
+            id: "ratings-1".into(),
+            address,
+            metadata: Default::default(),
+            ttl: Duration::from_secs(30),
+        }),
+        WatchUpdate::Synced(1),
+    ])
+    .chain(futures::stream::pending());
+    let client =
+        ratings_client::RatingsClient::new(updates, ratings_client::contract_policy()).unwrap();
+    client.synced().await;
+    let router = app(state(Some(client), Duration::ZERO));
+
+    let body = page(&router, None).await;
+    for rating in [
+        "rating: 2.1/5",
+        "rating: 3.5/5",
+        "rating: 4.5/5",
+        "rating: 2.2/5",
+    ] {
+        assert!(body.contains(rating), "{rating}");
+    }
+    assert!(body.contains("(live)"));
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let body = page(&router, None).await;
+    assert!(
+        body.contains("rating: 4.5/5"),
+        "the cached rating is still shown"
+    );
+    assert!(body.contains("(as of 0 s ago)"), "{body}");
+    let reply = send(&router, get("/api/things/camera", None)).await;
+    let thing: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(thing["rating"]["live"], false);
+    assert_eq!(thing["rating"]["tenths"], 45);
+}
