@@ -8,6 +8,9 @@ use ratings_client::{RatingsClient, contract_policy};
 use registry_client::Registries;
 use resilience::{Balance, Policy};
 
+/// How long the shop waits for the registry at start before it serves anyway.
+const SYNC_WAIT: Duration = Duration::from_secs(3);
+
 /// The Datawire Market web app.
 ///
 /// Without --registry (or with --monolith) it is the monolith: prices and
@@ -163,7 +166,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "no registry token: pass --token or set REGISTRY_TOKEN to the ratings service's token or consumer token",
         )?;
         let registries = Registries::new(&cli.registry, token)?;
-        Some(RatingsClient::discover(registries, policy)?)
+        let client = RatingsClient::discover(registries, policy)?;
+        // Serve once the registry has listed the instances, so the first page
+        // has its ratings; but not later than this, since an unreachable
+        // registry must not keep the shop closed.
+        match tokio::time::timeout(SYNC_WAIT, client.synced()).await {
+            Ok(()) => tracing::info!(
+                instances = client.endpoints().len(),
+                "found {} ratings instance(s)",
+                client.endpoints().len()
+            ),
+            Err(_) => tracing::warn!(
+                "the registry has not answered within {SYNC_WAIT:?}; serving without ratings until it does"
+            ),
+        }
+        Some(client)
     };
     let state = crate::state(client, cli.fresh_for);
     let listener = tokio::net::TcpListener::bind(cli.listen)

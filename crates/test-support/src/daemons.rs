@@ -197,3 +197,46 @@ impl Cluster {
         self.registry = Registry::start_on(&listen, self.dir.path(), &[]).await;
     }
 }
+
+/// A running `market-web`.
+#[derive(Debug)]
+pub struct Web {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Web {
+    /// Starts `market-web` on a free loopback port with `args`, and waits
+    /// until it listens.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let proc = Proc::spawn("market-web", &all);
+        let line = proc.wait_for_line("market-web listening on").await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.trim_start_matches("http://").parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self { proc, addr }
+    }
+
+    /// `market-web` in front of `cluster`'s registry, with `args`.
+    pub async fn for_cluster(cluster: &Cluster, args: &[&str]) -> Self {
+        let url = cluster.registry.url();
+        let mut all = vec![
+            "--registry",
+            url.as_str(),
+            "--token",
+            cluster.token.as_str(),
+        ];
+        all.extend_from_slice(args);
+        Self::start(&all).await
+    }
+
+    /// `GET path`: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        crate::http_get(self.addr, path).await
+    }
+}

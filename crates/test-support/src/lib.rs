@@ -22,7 +22,7 @@ use tokio::{
 
 mod daemons;
 
-pub use daemons::{Cluster, Ratings, Registry};
+pub use daemons::{Cluster, Ratings, Registry, Web};
 
 /// How long a test waits for a process to print what it should, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -212,4 +212,26 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .nth(1)
         .and_then(|word| word.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// A plain HTTP/1.1 `GET` over loopback: the status and the body.
+///
+/// # Panics
+///
+/// When the server does not answer with a well-formed response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers and a body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
 }
