@@ -20,8 +20,9 @@ need() {
     fi
 }
 
-# Nothing the current suite needs beyond the Rust toolchain; later suites add
-# their packages here, e.g. `need chromium chromium chromium-driver`.
+# The browser test drives Debian's Chromium through its WebDriver.
+need chromium chromium
+need chromedriver chromium-driver
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

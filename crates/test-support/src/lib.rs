@@ -27,13 +27,17 @@ pub use daemons::{Cluster, Ratings, Registry, Web};
 /// How long a test waits for a process to print what it should, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The path of one of the workspace's binaries.
+/// The path of one of the workspace's binaries, or `name` itself when it is
+/// an absolute path (a system tool).
 ///
 /// # Panics
 ///
 /// When the binary was not built: run the README's test command, which builds
 /// every binary first.
 pub fn bin(name: &str) -> PathBuf {
+    if Path::new(name).is_absolute() {
+        return PathBuf::from(name);
+    }
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe

@@ -1,0 +1,157 @@
+//! A person's visit, in a real headless Chromium: the demo comes up with
+//! ratings, two items go into the cart, the total is right, checkout empties
+//! it. A screenshot of the page is saved under `target/browser/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`; the README's test command
+//! installs them when missing.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use fantoccini::{ClientBuilder, Locator, wd::Capabilities};
+use test_support::Proc;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A free loopback port for chromedriver, which cannot be given port 0.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+/// Where the test binary's target folder is, for the screenshot.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .expect("target/<profile>/deps/<test>")
+}
+
+#[tokio::test]
+async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install Debian's chromium and chromium-driver (tests/run.sh does)"
+        );
+    }
+
+    // The one-command demo, on free ports.
+    let demo = Proc::spawn("market", ["--any-ports"]);
+    let line = demo.wait_for_line("The market is open: ").await;
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .expect("the shop's URL")
+        .to_owned();
+
+    let port = free_port();
+    let driver = Proc::spawn(CHROMEDRIVER, [format!("--port={port}")]);
+    driver.wait_for_line("started successfully").await;
+
+    let profile = tempfile::tempdir().expect("a profile dir");
+    let mut capabilities = Capabilities::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+
+    browser.goto(&url).await.expect("the shop loads");
+    assert_eq!(browser.title().await.expect("a title"), "Datawire Market");
+    let ratings = browser
+        .find_all(Locator::Css(".rating"))
+        .await
+        .expect("ratings");
+    assert_eq!(ratings.len(), 4, "every item shows its rating");
+    let camera = browser
+        .find(Locator::Css("#item-camera .rating"))
+        .await
+        .expect("camera's rating");
+    assert!(
+        camera
+            .text()
+            .await
+            .expect("text")
+            .starts_with("rating: 4.5/5")
+    );
+
+    for item in ["camera", "basketball"] {
+        browser
+            .find(Locator::Css(&format!("button[name=addCart][value={item}]")))
+            .await
+            .expect("an Add to Cart button")
+            .click()
+            .await
+            .expect("click");
+        let message = browser
+            .find(Locator::Css(".message"))
+            .await
+            .expect("a message");
+        assert_eq!(
+            message.text().await.expect("text"),
+            "Item added successfully!"
+        );
+    }
+    let total = browser.find(Locator::Css(".total")).await.expect("a total");
+    assert_eq!(total.text().await.expect("text"), "Total: $119.98");
+
+    let screenshot = browser.screenshot().await.expect("a screenshot");
+    let dir = target_dir().join("browser");
+    std::fs::create_dir_all(&dir).expect("target/browser");
+    let path = dir.join("market.png");
+    std::fs::write(&path, &screenshot).expect("save the screenshot");
+    eprintln!(
+        "FIGURE screenshot={} bytes={}",
+        path.display(),
+        screenshot.len()
+    );
+
+    browser
+        .find(Locator::Css("button[name=checkout]"))
+        .await
+        .expect("a Checkout button")
+        .click()
+        .await
+        .expect("click");
+    let message = browser
+        .find(Locator::Css(".message"))
+        .await
+        .expect("a message");
+    assert_eq!(
+        message.text().await.expect("text"),
+        "Successfully checked out your items!"
+    );
+    let empty = browser
+        .find(Locator::Css(".empty"))
+        .await
+        .expect("an empty cart");
+    assert_eq!(
+        empty.text().await.expect("text"),
+        "Your cart is currently empty."
+    );
+
+    browser.close().await.expect("close the browser");
+    drop(driver);
+    // The demo stops in order on SIGINT, as on Ctrl-C.
+    let mut demo = demo;
+    demo.signal(test_support::Signal::SIGINT);
+    assert!(demo.wait_exit(Duration::from_secs(20)).await.success());
+    demo.wait_for_line("Stopped.").await;
+}
