@@ -325,8 +325,12 @@ async fn operator_pages_assets_and_unknown_paths() {
     }
 }
 
-#[tokio::test]
-async fn ratings_are_live_then_cached_with_their_age_when_the_service_is_gone() {
+/// A ratings server in this process and a client that knows only it.
+async fn ratings_backend() -> (
+    ratings_client::RatingsClient,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), ratings_server::ServeError>>,
+) {
     use futures::StreamExt as _;
     use registry_client::{Instance, WatchUpdate};
 
@@ -353,6 +357,12 @@ async fn ratings_are_live_then_cached_with_their_age_when_the_service_is_gone() 
     let client =
         ratings_client::RatingsClient::new(updates, ratings_client::contract_policy()).unwrap();
     client.synced().await;
+    (client, stop, server)
+}
+
+#[tokio::test]
+async fn ratings_are_live_then_cached_with_their_age_when_the_service_is_gone() {
+    let (client, stop, server) = ratings_backend().await;
     let router = app(state(Some(client), Duration::ZERO));
 
     let body = page(&router, None).await;
@@ -378,4 +388,81 @@ async fn ratings_are_live_then_cached_with_their_age_when_the_service_is_gone() 
     let thing: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(thing["rating"]["live"], false);
     assert_eq!(thing["rating"]["tenths"], 45);
+}
+
+#[tokio::test]
+async fn with_fresh_for_a_young_rating_is_served_without_asking() {
+    let (client, stop, server) = ratings_backend().await;
+    let router = app(state(Some(client.clone()), Duration::from_secs(10)));
+
+    let body = page(&router, None).await;
+    assert_eq!(body.matches("(live)").count(), 4, "the first page asks");
+    let calls = client.endpoints()[0].breaker.calls;
+    assert_eq!(calls, 4);
+
+    // The service is gone, and nobody asks it: the page comes from the cache.
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    for _ in 0..3 {
+        let body = page(&router, None).await;
+        assert_eq!(body.matches("(as of 0 s ago)").count(), 4, "{body}");
+    }
+    assert_eq!(
+        client.endpoints()[0].breaker.calls,
+        calls,
+        "no call while fresh"
+    );
+    let metrics = send(&router, get("/metrics", None)).await.body;
+    assert!(
+        metrics.contains(r#"market_ratings_cache_total{cache="Hit"} 12"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"market_ratings_cache_total{cache="Miss"} 4"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_rating_is_served_at_once_and_refreshed_once_in_the_background() {
+    let (client, stop, server) = ratings_backend().await;
+    let fresh_for = Duration::from_millis(300);
+    let router = app(state(Some(client.clone()), fresh_for));
+    page(&router, None).await;
+    let calls = || client.endpoints()[0].breaker.calls;
+    assert_eq!(calls(), 4);
+
+    // Let the ratings age past `fresh_for`: there is no event to wait for.
+    tokio::time::sleep(fresh_for + Duration::from_millis(100)).await;
+    let pages = futures::future::join_all((0..5).map(|_| page(&router, None))).await;
+    for body in &pages {
+        assert_eq!(
+            body.matches("rating: ").count(),
+            4,
+            "stale ratings are served at once"
+        );
+        assert_eq!(body.matches("(live)").count(), 0);
+    }
+    // One refresh per item, however many pages saw it stale.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls() < 8 {
+        assert!(tokio::time::Instant::now() < deadline, "the refreshes ran");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    page(&router, None).await;
+    assert_eq!(
+        calls(),
+        8,
+        "the refreshed values are fresh again: no more calls"
+    );
+
+    // A failed refresh keeps the last good value.
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    tokio::time::sleep(fresh_for + Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let body = page(&router, None).await;
+        assert!(body.contains("rating: 4.5/5"), "{body}");
+    }
 }
