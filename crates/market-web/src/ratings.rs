@@ -194,14 +194,29 @@ impl Ratings {
         if !first {
             return;
         }
-        let this = self.clone();
-        let id = id.to_owned();
+        let guard = Refreshing {
+            ratings: self.clone(),
+            id: id.to_owned(),
+        };
         tokio::spawn(async move {
-            this.ask(&id).await;
-            this.refreshing
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&id);
+            guard.ratings.ask(&guard.id).await;
         });
+    }
+}
+
+/// Marks an item as being refreshed; the mark goes when the refresh ends,
+/// however it ends (a panic or an aborted task included).
+struct Refreshing {
+    ratings: Arc<Ratings>,
+    id: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.ratings
+            .refreshing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.id);
     }
 }

@@ -1,6 +1,7 @@
 //! Starts the demo's processes, shows where they are, and stops them in order.
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
@@ -19,6 +20,9 @@ use tokio::{
 
 use crate::DemoArgs;
 
+/// How many of a process's latest lines are kept to spot its readiness.
+const KEPT_LINES: usize = 256;
+
 /// How long a process may take to be ready before the demo gives up.
 const READY: Duration = Duration::from_secs(30);
 
@@ -26,7 +30,7 @@ const READY: Duration = Duration::from_secs(30);
 struct Proc {
     name: String,
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<VecDeque<String>>>,
     printed: Arc<Notify>,
 }
 
@@ -47,7 +51,7 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
         let printed = Arc::new(Notify::new());
         let outputs = [
             child
@@ -65,7 +69,12 @@ impl Proc {
                 let mut reader = BufReader::new(output).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     eprintln!("{label} {line}");
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                    let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
+                    // Only the start-up lines are needed; keep memory bounded.
+                    if lines.len() == KEPT_LINES {
+                        lines.pop_front();
+                    }
+                    lines.push_back(line);
                     printed.notify_waiters();
                 }
             });

@@ -289,13 +289,17 @@ impl Follow {
                 () = self.tx.closed() => return Closed,
             }
             let now = Instant::now();
-            let expired: Vec<String> = self
+            while let Some(id) = self
                 .doubtful
                 .iter()
-                .filter(|(_, at)| **at <= now)
+                .find(|(_, at)| **at <= now)
                 .map(|(id, _)| id.clone())
-                .collect();
-            for id in expired {
+            {
+                // Room first: if this future is dropped while it waits (it
+                // runs inside `select!`), nothing has changed yet.
+                let Ok(permit) = self.tx.reserve().await else {
+                    return Closed;
+                };
                 self.doubtful.remove(&id);
                 if let Some(instance) = self.known.remove(&id) {
                     tracing::info!(
@@ -303,9 +307,7 @@ impl Follow {
                         instance = %instance.id,
                         "instance {} did not come back; removing it", instance.id
                     );
-                    if self.send(WatchUpdate::Remove(instance)).await.is_err() {
-                        return Closed;
-                    }
+                    permit.send(WatchUpdate::Remove(instance));
                 }
             }
         }

@@ -59,8 +59,8 @@ pub fn init_logging() {
 
 /// Runs `registryd` as the command line says, until SIGINT or SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.progress_interval.is_zero() {
-        bail!("--progress-interval must be more than 0s");
+    if cli.progress_interval.is_zero() || cli.progress_interval > Duration::from_secs(3600) {
+        bail!("--progress-interval must be more than 0s and at most 1h");
     }
 
     let data_dir = match cli.data_dir {

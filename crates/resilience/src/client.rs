@@ -273,10 +273,12 @@ where
         let mut in_flight = Attempts::new();
         let first = match self.first_attempt(request.clone(), deadline).await? {
             Some(first) => first,
-            // The chosen instance's breaker opened before the call was sent.
-            None => self
-                .other_attempt(request.clone(), deadline, &[])
-                .ok_or_else(|| self.all_down())?,
+            // Nothing was sent: try the best instance directly, once.
+            None => match self.other_attempt(request.clone(), deadline, &[], false) {
+                Some(attempt) => attempt,
+                None if shared.endpoints.none_ready() => return Err(self.all_down()),
+                None => return Err(CallError::Timeout(policy.timeout)),
+            },
         };
         tried.push(first.instance.clone());
         in_flight.push(first);
@@ -296,9 +298,9 @@ where
                     Err(error) => {
                         let retry = retries_left > 0 && is_retryable(&error) && Instant::now() < deadline;
                         tracing::debug!(service = %shared.service, instance = %instance.instance, %error, retry, "attempt failed");
-                        if retry && shared.budget.withdraw() {
+                        if retry {
                             retries_left -= 1;
-                            if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried) {
+                            if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried, true) {
                                 tried.push(attempt.instance.clone());
                                 in_flight.push(attempt);
                             }
@@ -310,8 +312,7 @@ where
                 },
                 () = hedge_timer => {
                     hedge = None;
-                    if shared.budget.withdraw()
-                        && let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried)
+                    if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried, true)
                     {
                         tracing::debug!(service = %shared.service, instance = %attempt.instance.instance, "hedging");
                         tried.push(attempt.instance.clone());
@@ -325,8 +326,9 @@ where
         }
     }
 
-    /// Sends the first attempt through the balancer; `None` when the chosen
-    /// instance refused it unsent (its breaker opened meanwhile).
+    /// Sends the first attempt through the balancer; `None` when nothing was
+    /// sent (the chosen instance's breaker opened meanwhile, or no instance
+    /// became ready in time).
     async fn first_attempt(
         &self,
         request: Req,
@@ -339,7 +341,7 @@ where
             return Err(self.all_down());
         }
         let attempt_deadline = (started + policy.timeout).min(deadline);
-        let attempt = Attempt::new(request, attempt_deadline - started);
+        let attempt = Attempt::new(request, attempt_deadline);
         let taken_by = attempt.taken_by.clone();
         let dispatched = tokio::time::timeout_at(attempt_deadline, async {
             let mut balancer = shared.balancer.lock().await;
@@ -352,7 +354,8 @@ where
             Ok(Err(error)) => return Err(CallError::Other(error)),
             // Every instance became unready while we waited.
             Err(_) if shared.endpoints.none_ready() => return Err(self.all_down()),
-            Err(_) => return Err(CallError::Timeout(policy.timeout)),
+            // The balancer found no ready instance in time: nothing was sent.
+            Err(_) => return Ok(None),
         };
         Ok(taken_by.get().map(|instance| InFlight {
             instance: instance.clone(),
@@ -360,22 +363,27 @@ where
         }))
     }
 
-    /// Sends a retry or a hedge to the least loaded instance not tried yet.
+    /// Sends an attempt to the least loaded instance not tried yet; a retry
+    /// or a hedge (`from_budget`) only when the retry budget allows, which is
+    /// asked only once there is an instance to send it to.
     fn other_attempt(
         &self,
         request: Req,
         deadline: Instant,
         tried: &[Arc<EndpointLabel>],
+        from_budget: bool,
     ) -> Option<InFlight<Resp>> {
         let now = Instant::now();
         if now >= deadline {
             return None;
         }
         let mut service: DirectService<Req, Resp> = self.shared.endpoints.pick_other(tried)?;
+        if from_budget && !self.shared.budget.withdraw() {
+            return None;
+        }
         // Ready at once when the breaker admits: the inner call is always ready.
         service.ready().now_or_never()?.ok()?;
-        let budget = self.shared.policy.timeout.min(deadline - now);
-        let attempt = Attempt::new(request, budget);
+        let attempt = Attempt::new(request, (now + self.shared.policy.timeout).min(deadline));
         let taken_by = attempt.taken_by.clone();
         let answer = service.call(attempt);
         let instance = taken_by.get()?.clone();
@@ -492,7 +500,7 @@ where
             channel,
             label: label.clone(),
             method: self.method.clone(),
-            endpoints: self.endpoints.clone(),
+            endpoints: Arc::downgrade(&self.endpoints),
         };
         let timeout = self.policy.timeout;
         let balanced = CircuitBreaker::new(

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{Arc, OnceLock, RwLock, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -28,17 +28,18 @@ pub(crate) type Method<Req, Resp> = Arc<
 #[derive(Debug)]
 pub(crate) struct Attempt<Req> {
     pub(crate) request: Req,
-    /// The time left for the call: sent as `grpc-timeout`.
-    pub(crate) budget: Duration,
+    /// When the attempt must be over: the time left at the moment it is sent
+    /// goes as `grpc-timeout`, which tonic also enforces on this side.
+    pub(crate) deadline: tokio::time::Instant,
     /// Filled in by the instance that takes the attempt.
     pub(crate) taken_by: Arc<OnceLock<Arc<EndpointLabel>>>,
 }
 
 impl<Req> Attempt<Req> {
-    pub(crate) fn new(request: Req, budget: Duration) -> Self {
+    pub(crate) fn new(request: Req, deadline: tokio::time::Instant) -> Self {
         Self {
             request,
-            budget,
+            deadline,
             taken_by: Arc::new(OnceLock::new()),
         }
     }
@@ -60,8 +61,9 @@ pub(crate) struct GrpcEndpoint<Req, Resp> {
     pub(crate) channel: Channel,
     pub(crate) label: Arc<EndpointLabel>,
     pub(crate) method: Method<Req, Resp>,
-    /// For the instance's place in the address-sorted list, which the log shows.
-    pub(crate) endpoints: Arc<Endpoints<Req, Resp>>,
+    /// For the instance's place in the address-sorted list, which the log
+    /// shows. Weak: the set holds this endpoint, which must not keep the set.
+    pub(crate) endpoints: Weak<Endpoints<Req, Resp>>,
 }
 
 impl<Req, Resp> Clone for GrpcEndpoint<Req, Resp> {
@@ -90,7 +92,11 @@ where
 
     fn call(&mut self, attempt: Attempt<Req>) -> Self::Future {
         let _ = attempt.taken_by.set(self.label.clone());
-        let index = self.endpoints.position(&self.label).map_or(0, |i| i + 1);
+        let index = self
+            .endpoints
+            .upgrade()
+            .and_then(|endpoints| endpoints.position(&self.label))
+            .map_or(0, |i| i + 1);
         tracing::info!(
             service = %self.label.service,
             instance = %self.label.instance,
@@ -98,7 +104,12 @@ where
             "{} using instance {index}: {}", self.label.service, self.label.address
         );
         let mut request = tonic::Request::new(attempt.request);
-        request.set_timeout(attempt.budget);
+        request.set_timeout(
+            attempt
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(1)),
+        );
         let call = (self.method)(self.channel.clone(), request);
         let label = self.label.clone();
         Box::pin(async move {

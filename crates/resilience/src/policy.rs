@@ -83,6 +83,16 @@ pub enum PolicyError {
         /// The retest delay given.
         retest_delay: Duration,
     },
+    /// A duration is too long to be meant.
+    #[error("{name} must be at most {max:?}, not {value:?}")]
+    TooLong {
+        /// Which value.
+        name: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The most accepted.
+        max: Duration,
+    },
     /// The budget is not a fraction.
     #[error("the retry budget must be between 0 and 1, not {0}")]
     Budget(String),
@@ -91,6 +101,25 @@ pub enum PolicyError {
 impl Policy {
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), PolicyError> {
+        // Far beyond any sensible value, and far below what would overflow a
+        // clock reading.
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let durations = [
+            ("timeout", self.timeout),
+            ("deadline", self.deadline),
+            ("retest delay", self.breaker.retest_delay),
+            ("max open", self.breaker.max_open),
+            ("hedge after", self.hedge_after.unwrap_or_default()),
+        ];
+        for (name, value) in durations {
+            if value > DAY {
+                return Err(PolicyError::TooLong {
+                    name,
+                    value,
+                    max: DAY,
+                });
+            }
+        }
         if self.timeout.is_zero() {
             return Err(PolicyError::ZeroTimeout);
         }

@@ -426,7 +426,7 @@ async fn with_fresh_for_a_young_rating_is_served_without_asking() {
 #[tokio::test]
 async fn a_stale_rating_is_served_at_once_and_refreshed_once_in_the_background() {
     let (client, stop, server) = ratings_backend().await;
-    let fresh_for = Duration::from_millis(300);
+    let fresh_for = Duration::from_secs(1);
     let router = app(state(Some(client.clone()), fresh_for));
     page(&router, None).await;
     let calls = || client.endpoints()[0].breaker.calls;

@@ -72,6 +72,8 @@ struct Inner {
     expiry_changed: Arc<Notify>,
     /// Where the catalog is saved, if anywhere.
     catalog: Option<CatalogPath>,
+    /// Held while the catalog changes, so that changes are saved in order.
+    catalog_writer: tokio::sync::Mutex<()>,
     watch_buffer: usize,
 }
 
@@ -166,6 +168,7 @@ impl MemoryStore {
             state: Mutex::new(state),
             expiry_changed: expiry_changed.clone(),
             catalog,
+            catalog_writer: tokio::sync::Mutex::new(()),
             watch_buffer: config.watch_buffer.max(1),
         });
         tokio::spawn(expire_leases(Arc::downgrade(&inner), expiry_changed));
@@ -182,24 +185,34 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Saves the catalog as it would be after a change, before the change is
-    /// made in memory, so a failed write changes nothing.
-    fn save_catalog<'a>(
-        &self,
-        services: impl Iterator<Item = (&'a ServiceName, i64, TokenHash, TokenHash)>,
-    ) -> Result<(), StoreError> {
-        let Some(path) = &self.catalog else {
+    /// Saves the catalog as it will be after a change, before the change is
+    /// made in memory, so a failed write changes nothing. The write runs on
+    /// the blocking pool, without the state lock: registrations, heartbeats and
+    /// expiry go on meanwhile. Callers hold `catalog_writer`, so catalog
+    /// changes happen one at a time.
+    async fn save_catalog(&self, services: Vec<StoredService>) -> Result<(), StoreError> {
+        let Some(path) = self.catalog.clone() else {
             return Ok(());
         };
-        let stored = services
-            .map(|(name, created_at_unix, token, consumer)| StoredService {
-                name: name.to_string(),
-                created_at_unix,
-                token_sha256: token.to_string(),
-                consumer_token_sha256: consumer.to_string(),
-            })
-            .collect();
-        path.save(stored).map_err(StoreError::Persist)
+        tokio::task::spawn_blocking(move || path.save(services))
+            .await
+            .map_err(|e| StoreError::Persist(std::io::Error::other(e)))?
+            .map_err(StoreError::Persist)
+    }
+}
+
+/// A service as the catalog file stores it.
+fn stored(
+    name: &ServiceName,
+    entry_created: i64,
+    token: TokenHash,
+    consumer: TokenHash,
+) -> StoredService {
+    StoredService {
+        name: name.to_string(),
+        created_at_unix: entry_created,
+        token_sha256: token.to_string(),
+        consumer_token_sha256: consumer.to_string(),
     }
 }
 
@@ -401,23 +414,29 @@ fn unix_now() -> i64 {
 
 impl Store for MemoryStore {
     async fn create_service(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
-        let mut state = self.inner.lock();
-        if state.services.contains_key(&service.name) {
-            return Err(StoreError::ServiceExists(service.name));
-        }
+        let _writer = self.inner.catalog_writer.lock().await;
         let created_at_unix = unix_now();
-        let existing = state
-            .services
-            .iter()
-            .map(|(name, e)| (name, e.created_at_unix, e.token, e.consumer_token));
-        let new = std::iter::once((
-            &service.name,
-            created_at_unix,
-            service.token,
-            service.consumer_token,
-        ));
-        self.inner.save_catalog(existing.chain(new))?;
-        state.insert_service(
+        let catalog = {
+            let state = self.inner.lock();
+            if state.services.contains_key(&service.name) {
+                return Err(StoreError::ServiceExists(service.name));
+            }
+            let mut catalog: Vec<StoredService> = state
+                .services
+                .iter()
+                .map(|(name, e)| stored(name, e.created_at_unix, e.token, e.consumer_token))
+                .collect();
+            catalog.push(stored(
+                &service.name,
+                created_at_unix,
+                service.token,
+                service.consumer_token,
+            ));
+            catalog.sort_by(|a, b| a.name.cmp(&b.name));
+            catalog
+        };
+        self.inner.save_catalog(catalog).await?;
+        self.inner.lock().insert_service(
             service.name.clone(),
             created_at_unix,
             service.token,
@@ -432,14 +451,19 @@ impl Store for MemoryStore {
     }
 
     async fn delete_service(&self, name: &ServiceName) -> Result<u32, StoreError> {
+        let _writer = self.inner.catalog_writer.lock().await;
+        let catalog = {
+            let state = self.inner.lock();
+            state.service(name)?;
+            state
+                .services
+                .iter()
+                .filter(|(n, _)| *n != name)
+                .map(|(n, e)| stored(n, e.created_at_unix, e.token, e.consumer_token))
+                .collect()
+        };
+        self.inner.save_catalog(catalog).await?;
         let mut state = self.inner.lock();
-        state.service(name)?;
-        let remaining = state
-            .services
-            .iter()
-            .filter(|(n, _)| *n != name)
-            .map(|(n, e)| (n, e.created_at_unix, e.token, e.consumer_token));
-        self.inner.save_catalog(remaining)?;
         let ids: Vec<InstanceId> = state.service(name)?.instances.keys().cloned().collect();
         for id in &ids {
             state.remove_instance(name, id, RemovalReason::ServiceDeleted);
@@ -670,14 +694,18 @@ impl WatchPump {
     /// watcher went away.
     async fn send_all(&mut self, events: Vec<WatchEvent>) -> bool {
         for event in events {
-            let revision = match &event {
-                WatchEvent::Snapshot { revision, .. } | WatchEvent::Progress(revision) => *revision,
-                WatchEvent::Change(e) => e.revision,
+            // A snapshot replaces what the watcher knew, including a `since`
+            // from another registry or an earlier run that may be ahead of
+            // this store's revisions.
+            let last = match &event {
+                WatchEvent::Snapshot { revision, .. } => *revision,
+                WatchEvent::Progress(revision) => self.last.max(*revision),
+                WatchEvent::Change(e) => self.last.max(e.revision),
             };
             if self.tx.send(Ok(event)).await.is_err() {
                 return false;
             }
-            self.last = self.last.max(revision);
+            self.last = last;
         }
         true
     }

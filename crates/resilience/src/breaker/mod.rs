@@ -296,7 +296,9 @@ impl Breaker {
     /// The state and counts now.
     pub fn snapshot(&self) -> BreakerSnapshot {
         let now = Instant::now();
-        let inner = self.lock();
+        let mut inner = self.lock();
+        // The retest timer may not have run yet at the very instant it is due.
+        self.retest_if_due(&mut inner, now);
         let (state, consecutive_failures, retest_in) = match inner.state {
             State::Closed { failures } => (BreakerState::Closed, failures, None),
             State::Open { until, .. } => (
