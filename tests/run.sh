@@ -25,4 +25,4 @@ need chromium chromium
 need chromedriver chromium-driver
 
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
