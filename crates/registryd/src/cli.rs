@@ -33,9 +33,38 @@ pub struct Cli {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
 
-    /// How many recent changes are kept so that watchers can resume.
+    /// How many recent changes are kept so that watchers can resume
+    /// (memory store; etcd keeps its own history).
     #[arg(long, default_value_t = 4096)]
     pub history: usize,
+
+    /// Where instances and the catalog live: `memory` (embedded, the catalog
+    /// in the data dir) or `etcd` (shared by any number of replicas).
+    #[arg(long, value_enum, default_value = "memory")]
+    pub store: StoreKind,
+
+    /// etcd's client URLs, comma-separated (with --store etcd).
+    #[arg(
+        long,
+        env = "REGISTRY_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The prefix of the registry's keys in etcd, so that several registries
+    /// can share one cluster (with --store etcd).
+    #[arg(long, default_value = "/market-registry")]
+    pub etcd_prefix: String,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Instances in memory, the catalog in the data dir.
+    Memory,
+    /// Everything in etcd.
+    Etcd,
 }
 
 /// The default data dir: the per-user state folder.
@@ -63,13 +92,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         bail!("--progress-interval must be more than 0s and at most 1h");
     }
 
-    let data_dir = match cli.data_dir {
-        Some(dir) => dir,
+    let data_dir = match &cli.data_dir {
+        Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let admin_token = match cli.admin_token {
+    let admin_token = match cli.admin_token.as_deref() {
         Some(token) if !token.trim().is_empty() => token.trim().to_owned(),
         Some(_) => bail!("--admin-token is empty"),
         None => {
@@ -89,25 +118,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
-    let store = MemoryStore::open(MemoryStoreConfig {
-        data_dir: Some(data_dir.clone()),
-        history: cli.history,
-        ..MemoryStoreConfig::default()
-    })
-    .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "registryd listening on {addr}");
-
     let config = ServeConfig {
         admin_token,
         progress_every: cli.progress_interval,
     };
-    crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+    match cli.store {
+        StoreKind::Memory => {
+            let store = MemoryStore::open(MemoryStoreConfig {
+                data_dir: Some(data_dir.clone()),
+                history: cli.history,
+                ..MemoryStoreConfig::default()
+            })
+            .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
+            tracing::info!(%addr, store = "memory", data_dir = %data_dir.display(), "registryd listening on {addr}");
+            crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+        }
+        StoreKind::Etcd => serve_on_etcd(&cli, config, listener, addr).await?,
+    }
     tracing::info!("registryd stopped");
     Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn serve_on_etcd(
+    cli: &Cli,
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let store = crate::store::EtcdStore::connect(crate::store::EtcdStoreConfig {
+        endpoints: cli.etcd_endpoints.clone(),
+        prefix: cli.etcd_prefix.clone(),
+    })
+    .await
+    .with_context(|| format!("cannot reach etcd at {}", cli.etcd_endpoints.join(",")))?;
+    tracing::info!(%addr, store = "etcd", endpoints = %cli.etcd_endpoints.join(","), prefix = %cli.etcd_prefix, "registryd listening on {addr}");
+    crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn serve_on_etcd(
+    _: &Cli,
+    _: ServeConfig,
+    _: tokio::net::TcpListener,
+    _: SocketAddr,
+) -> anyhow::Result<()> {
+    bail!(
+        "this registryd was built without etcd support; build it with `--features registryd/etcd` (which needs protoc)"
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

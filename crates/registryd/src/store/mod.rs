@@ -18,8 +18,12 @@ use crate::{
 };
 
 mod catalog_file;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod memory;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdStore, EtcdStoreConfig};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
 /// Why a store refused or failed an operation.
