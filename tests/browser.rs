@@ -130,6 +130,12 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
         .click()
         .await
         .expect("click");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(".empty"))
+        .await
+        .expect("the page after checking out");
     let message = browser
         .find(Locator::Css(".message"))
         .await

@@ -1,5 +1,6 @@
 //! The registry and the ratings service as a user runs them: real processes,
-//! real gRPC over loopback, `registryctl` for the admin steps.
+//! real gRPC over loopback, `registryctl` for the admin steps. Every test runs
+//! twice: on the embedded store and on a real etcd server.
 
 use std::{
     collections::HashMap,
@@ -11,11 +12,11 @@ use market_proto::{
     ratings::v1::{GetRatingRequest, ratings_client::RatingsClient},
     registry::v1::{self as pb, watch_response::Event},
 };
-use test_support::{Cluster, Signal};
+use test_support::{Cluster, Signal, StoreKind};
 use tonic::Code;
 
-async fn setup(extra: &[&str]) -> Cluster {
-    Cluster::start(extra).await
+async fn setup(store: StoreKind, extra: &[&str]) -> Cluster {
+    Cluster::start_with(store, extra).await
 }
 
 async fn resolve(s: &Cluster) -> pb::ResolveResponse {
@@ -88,9 +89,8 @@ fn snapshot_ids(event: Event) -> (Vec<String>, u64) {
     )
 }
 
-#[tokio::test]
-async fn two_instances_register_resolve_and_serve() {
-    let s = setup(&[]).await;
+async fn two_instances_register_resolve_and_serve(store: StoreKind) {
+    let s = setup(store, &[]).await;
     let one = s.ratings(1, &[]).await;
     let two = s.ratings(2, &[]).await;
 
@@ -130,9 +130,8 @@ async fn two_instances_register_resolve_and_serve() {
     );
 }
 
-#[tokio::test]
-async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl() {
-    let s = setup(&[]).await;
+async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl(store: StoreKind) {
+    let s = setup(store, &[]).await;
     let mut one = s.ratings(1, &["--ttl", "2s"]).await;
     let two = s.ratings(2, &["--ttl", "2s"]).await;
     let mut watch = open_watch(&s, 0).await;
@@ -182,9 +181,8 @@ async fn sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl() {
     assert!(instance_ids(&s).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_restarted_registry_keeps_its_catalog_and_instances_return() {
-    let mut s = setup(&[]).await;
+async fn a_restarted_registry_keeps_its_catalog_and_instances_return(store: StoreKind) {
+    let mut s = setup(store, &[]).await;
     // TTL 3 s: heartbeats every second.
     let _one = s.ratings(1, &["--ttl", "3s"]).await;
     let _two = s.ratings(2, &["--ttl", "3s"]).await;
@@ -214,9 +212,8 @@ async fn a_restarted_registry_keeps_its_catalog_and_instances_return() {
     );
 }
 
-#[tokio::test]
-async fn a_paused_instance_whose_lease_expired_returns_after_sigcont() {
-    let s = setup(&[]).await;
+async fn a_paused_instance_whose_lease_expired_returns_after_sigcont(store: StoreKind) {
+    let s = setup(store, &[]).await;
     // TTL 2 s: heartbeats every 667 ms.
     let one = s.ratings(1, &["--ttl", "2s"]).await;
     let mut watch = open_watch(&s, 0).await;
@@ -265,9 +262,8 @@ async fn register(
         .lease_id
 }
 
-#[tokio::test]
-async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
-    let s = setup(&["--history", "16"]).await;
+async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot(store: StoreKind) {
+    let s = setup(store, &["--history", "16"]).await;
     let orders_token = s.registry.create_service("orders").await;
     let mut ratings = s.registry.client(&s.token);
     let mut orders = s.registry.client(&orders_token);
@@ -326,9 +322,13 @@ async fn a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot() {
     );
     drop(watch);
 
-    // More changes than the history holds: the watcher gets a snapshot.
+    // More changes than the history holds (on etcd: history compacted away):
+    // the watcher gets a snapshot.
     for i in 0..20 {
         register(&mut orders, "orders", &format!("o{i}"), 9200 + i).await;
+    }
+    if let Some(etcd) = &s.etcd {
+        etcd.compact(resolve(&s).await.revision).await;
     }
     let mut watch = open_watch(&s, last).await;
     let (mut ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
@@ -368,9 +368,8 @@ fn registration(service: &str, id: &str, address: &str, ttl: u32) -> pb::Registe
     }
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_precise_status_and_changes_nothing() {
-    let s = setup(&[]).await;
+async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
+    let s = setup(store, &[]).await;
     let orders_token = s.registry.create_service("orders").await;
     let created = s
         .registry
@@ -694,8 +693,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() {
     assert!(seen.is_ok(), "{seen:?}");
 }
 
-#[tokio::test]
-async fn health_and_reflection_answer_on_both_daemons() {
+async fn health_and_reflection_answer_on_both_daemons(store: StoreKind) {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -704,7 +702,7 @@ async fn health_and_reflection_answer_on_both_daemons() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
 
-    let s = setup(&[]).await;
+    let s = setup(store, &[]).await;
     let ratings = s.ratings(1, &[]).await;
     for (url, service) in [
         (s.registry.url(), "market.registry.v1.Registry"),
@@ -750,3 +748,35 @@ async fn health_and_reflection_answer_on_both_daemons() {
         );
     }
 }
+
+/// Runs each test on both stores: `memory::name` and `etcd::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(test_support::StoreKind::Memory).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(test_support::StoreKind::Etcd).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    two_instances_register_resolve_and_serve,
+    sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl,
+    a_restarted_registry_keeps_its_catalog_and_instances_return,
+    a_paused_instance_whose_lease_expired_returns_after_sigcont,
+    a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot,
+    bad_input_gets_a_precise_status_and_changes_nothing,
+    health_and_reflection_answer_on_both_daemons,
+);

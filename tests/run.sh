@@ -7,22 +7,36 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs Debian packages, running `apt-get update` once first.
+need_package() {
+    if [ -z "${apt_updated:-}" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
 # Installs Debian packages whose command is missing: need COMMAND PACKAGE...
 need() {
     local command=$1
     shift
     if ! command -v "$command" >/dev/null 2>&1; then
-        if [ -z "${apt_updated:-}" ]; then
-            apt-get update -qq
-            apt_updated=1
-        fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+        need_package "$@"
     fi
 }
 
 # The browser test drives Debian's Chromium through its WebDriver.
 need chromium chromium
 need chromedriver chromium-driver
+# The registry suite also runs on a real etcd; registryd's etcd store needs
+# protoc (and the well-known types) to build its client.
+need etcd etcd-server
+need etcdctl etcd-client
+need protoc protobuf-compiler
+if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    need_package libprotobuf-dev
+fi
 
-cargo build --workspace --bins --locked
-cargo test --workspace --locked --no-fail-fast
+features=(--features registryd/etcd)
+cargo build --workspace --bins --locked "${features[@]}"
+cargo test --workspace --locked --no-fail-fast "${features[@]}"

@@ -146,6 +146,15 @@ impl Ratings {
     }
 }
 
+/// Which store a registry under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded store.
+    Memory,
+    /// A real etcd server started for the test.
+    Etcd,
+}
+
 /// A registry in a temporary data dir with the `ratings` service created
 /// through `registryctl`, ready for ratings instances.
 #[derive(Debug)]
@@ -156,13 +165,38 @@ pub struct Cluster {
     pub registry: Registry,
     /// The `ratings` service token.
     pub token: String,
+    /// The etcd under the registry, with `StoreKind::Etcd`.
+    pub etcd: Option<crate::Etcd>,
+    /// The registry's arguments, to restart it the same way.
+    args: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts `registryd` with `extra` arguments and creates `ratings`.
+    /// Starts `registryd` on the memory store with `extra` arguments and
+    /// creates `ratings`.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(StoreKind::Memory, extra).await
+    }
+
+    /// Starts `registryd` on `store` with `extra` arguments and creates `ratings`.
+    pub async fn start_with(store: StoreKind, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let registry = Registry::start(dir.path(), extra).await;
+        let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let etcd = match store {
+            StoreKind::Memory => None,
+            StoreKind::Etcd => {
+                let etcd = crate::Etcd::start(1).await;
+                args.extend([
+                    "--store".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    etcd.endpoints(),
+                ]);
+                Some(etcd)
+            }
+        };
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let registry = Registry::start(dir.path(), &arg_refs).await;
         let token = registry.create_service("ratings").await;
         assert!(
             token.starts_with("svc_"),
@@ -172,6 +206,8 @@ impl Cluster {
             dir,
             registry,
             token,
+            etcd,
+            args,
         }
     }
 
@@ -191,10 +227,11 @@ impl Cluster {
         self.registry.stop_in_place().await;
     }
 
-    /// Starts the registry again where it was, with its data dir.
+    /// Starts the registry again where it was, the same way.
     pub async fn start_registry(&mut self) {
         let listen = self.registry.addr.to_string();
-        self.registry = Registry::start_on(&listen, self.dir.path(), &[]).await;
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.registry = Registry::start_on(&listen, self.dir.path(), &args).await;
     }
 }
 

@@ -21,8 +21,10 @@ use tokio::{
 };
 
 mod daemons;
+mod etcd;
 
-pub use daemons::{Cluster, Ratings, Registry, Web};
+pub use daemons::{Cluster, Ratings, Registry, StoreKind, Web};
+pub use etcd::Etcd;
 
 /// How long a test waits for a process to print what it should, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -238,4 +240,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     (status, body.to_owned())
+}
+
+/// A free loopback port, for programs that cannot be given port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
 }

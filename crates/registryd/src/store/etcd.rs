@@ -20,6 +20,7 @@
 //! P/svc/{service}/alive       present while the service exists; its deletion ends watches
 //! P/svc/{service}/i/{id}      a live instance (JSON), attached to its lease
 //! P/svc/{service}/r/{id}      why an instance is being removed, attached to the same lease
+//! P/svc/{service}/f/{random}  a watch's fence: when its event arrives, the watch is current
 //! P/leases/{lease}            which instance a lease keeps, attached to that lease
 //! ```
 //!
@@ -235,6 +236,29 @@ impl EtcdStore {
             }),
             _ => Ok((service, instance)),
         }
+    }
+
+    /// Writes a fence key under the service's prefix, on a short lease so it
+    /// cleans itself up, and returns its key.
+    async fn fence(&self, service: &ServiceName) -> Result<String, StoreError> {
+        let lease = self
+            .client
+            .lease_client()
+            .grant(5, None)
+            .await
+            .map_err(unavailable)?
+            .id();
+        let key = format!(
+            "{}/svc/{service}/f/{:016x}",
+            self.prefix,
+            rand::random::<u64>()
+        );
+        self.client
+            .kv_client()
+            .put(key.clone(), "", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(unavailable)?;
+        Ok(key)
     }
 
     /// Removes an instance: the marker and the deletion in one transaction,
@@ -738,16 +762,23 @@ impl EtcdPump {
             .watch(self.store.svc_prefix(&self.service), Some(options))
             .await
             .map_err(unavailable)?;
+        // A fence: a key written under the watched prefix now. Its event comes
+        // after every change the watch replays, so when it arrives the watcher
+        // is current. (etcd 3.4.23 may answer a progress request before the
+        // replayed events, so progress requests wait until then.)
+        let fence = self.store.fence(&self.service).await?;
+        let mut current = false;
         let mut progress = tokio::time::interval(progress_every);
         progress.tick().await;
         let mut last = start.from - 1;
         let alive = self.store.alive_key(&self.service);
         let instances = format!("{}/svc/{}/i/", self.store.prefix, self.service);
         let markers = format!("{}/svc/{}/r/", self.store.prefix, self.service);
+        let fences = format!("{}/svc/{}/f/", self.store.prefix, self.service);
         loop {
             let response = tokio::select! {
                 () = self.tx.closed() => return Ok(None),
-                _ = progress.tick() => {
+                _ = progress.tick(), if current => {
                     watch.request_progress().await.map_err(unavailable)?;
                     continue;
                 }
@@ -767,7 +798,7 @@ impl EtcdPump {
             }
             let revision = response.header().map_or(last, |h| h.revision());
             if response.events().is_empty() {
-                if !response.created() && revision > last {
+                if current && !response.created() && revision > last {
                     last = revision;
                     if self
                         .tx
@@ -791,6 +822,17 @@ impl EtcdPump {
                         .send(Err(StoreError::NoSuchService(self.service.clone())))
                         .await;
                     return Ok(None);
+                }
+                if key.starts_with(fences.as_bytes()) {
+                    if !current && key == fence.as_bytes() && event.event_type() == EventType::Put {
+                        current = true;
+                        last = kv.mod_revision().max(last);
+                        let at = u64::try_from(kv.mod_revision()).unwrap_or_default();
+                        if self.tx.send(Ok(WatchEvent::Progress(at))).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    continue;
                 }
                 let name =
                     |prefix: &str| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
