@@ -33,10 +33,17 @@ impl Registry {
         args.extend_from_slice(extra);
         let proc = Proc::spawn("registryd", &args);
         let addr = listening_addr(&proc.wait_for_line("registryd listening on").await);
-        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
-            .expect("registryd writes its admin token into the data dir")
-            .trim()
-            .to_owned();
+        let given = extra
+            .iter()
+            .position(|arg| *arg == "--admin-token")
+            .and_then(|at| extra.get(at + 1));
+        let admin_token = match given {
+            Some(token) => (*token).to_owned(),
+            None => std::fs::read_to_string(data_dir.join("admin-token"))
+                .expect("registryd writes its admin token into the data dir")
+                .trim()
+                .to_owned(),
+        };
         Self {
             proc,
             addr,

@@ -309,8 +309,8 @@ impl EtcdStore {
 
 // === impl Store for EtcdStore ===
 
-impl Store for EtcdStore {
-    async fn create_service(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
+impl EtcdStore {
+    async fn create_service_once(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
         let created_at_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -352,7 +352,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn delete_service(&self, name: &ServiceName) -> Result<u32, StoreError> {
+    async fn delete_service_once(&self, name: &ServiceName) -> Result<u32, StoreError> {
         let mut kv = self.client.kv_client();
         let found = kv
             .get(self.service_key(name), None)
@@ -408,7 +408,7 @@ impl Store for EtcdStore {
         Ok(u32::try_from(instances.len()).unwrap_or(u32::MAX))
     }
 
-    async fn list_services(&self) -> Result<Vec<ServiceInfo>, StoreError> {
+    async fn list_services_once(&self) -> Result<Vec<ServiceInfo>, StoreError> {
         let mut kv = self.client.kv_client();
         let found = kv
             .get(
@@ -445,7 +445,7 @@ impl Store for EtcdStore {
         Ok(services)
     }
 
-    async fn lookup_token(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
+    async fn lookup_token_once(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
         let found = self
             .client
             .kv_client()
@@ -470,7 +470,7 @@ impl Store for EtcdStore {
         }))
     }
 
-    async fn register(&self, registration: Registration) -> Result<Instance, StoreError> {
+    async fn register_once(&self, registration: Registration) -> Result<Instance, StoreError> {
         let mut kv = self.client.kv_client();
         let service = registration.service.clone();
         let id = match &registration.id {
@@ -573,7 +573,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn heartbeat(&self, lease: LeaseId, scope: &Scope) -> Result<Ttl, StoreError> {
+    async fn heartbeat_once(&self, lease: LeaseId, scope: &Scope) -> Result<Ttl, StoreError> {
         let (service, id) = self.scoped(lease, scope).await?;
         let etcd_lease = i64::try_from(lease.0).map_err(|_| StoreError::NoSuchLease(lease))?;
         let (mut keeper, mut answers) = self
@@ -597,7 +597,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn deregister_lease(
+    async fn deregister_lease_once(
         &self,
         lease: LeaseId,
         scope: &Scope,
@@ -611,7 +611,7 @@ impl Store for EtcdStore {
             })
     }
 
-    async fn deregister_instance(
+    async fn deregister_instance_once(
         &self,
         service: &ServiceName,
         id: &InstanceId,
@@ -628,7 +628,7 @@ impl Store for EtcdStore {
         self.remove(service, id, DEREGISTERED).await
     }
 
-    async fn resolve(
+    async fn resolve_once(
         &self,
         service: &ServiceName,
     ) -> Result<(Vec<Instance>, Revision), StoreError> {
@@ -662,6 +662,78 @@ impl Store for EtcdStore {
         instances.sort_by(|a, b| (&a.address, &a.id).cmp(&(&b.address, &b.id)));
         Ok((instances, revision))
     }
+}
+
+/// Runs an operation again when etcd was out of reach (a member down, a
+/// leader election): up to four tries within about 200 ms. Operations are
+/// guarded by transaction conditions, so a retry of one that did succeed
+/// fails cleanly rather than applying twice.
+async fn retry<T, F, Fut>(mut operation: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(25);
+    for _ in 0..3 {
+        match operation().await {
+            Err(StoreError::Unavailable(why)) => {
+                tracing::debug!(%why, "etcd unavailable; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            done => return done,
+        }
+    }
+    operation().await
+}
+
+impl Store for EtcdStore {
+    async fn create_service(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
+        retry(|| self.create_service_once(service.clone())).await
+    }
+
+    async fn delete_service(&self, name: &ServiceName) -> Result<u32, StoreError> {
+        retry(|| self.delete_service_once(name)).await
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceInfo>, StoreError> {
+        retry(|| self.list_services_once()).await
+    }
+
+    async fn lookup_token(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
+        retry(|| self.lookup_token_once(token)).await
+    }
+
+    async fn register(&self, registration: Registration) -> Result<Instance, StoreError> {
+        retry(|| self.register_once(registration.clone())).await
+    }
+
+    async fn heartbeat(&self, lease: LeaseId, scope: &Scope) -> Result<Ttl, StoreError> {
+        retry(|| self.heartbeat_once(lease, scope)).await
+    }
+
+    async fn deregister_lease(
+        &self,
+        lease: LeaseId,
+        scope: &Scope,
+    ) -> Result<Instance, StoreError> {
+        retry(|| self.deregister_lease_once(lease, scope)).await
+    }
+
+    async fn deregister_instance(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<Instance, StoreError> {
+        retry(|| self.deregister_instance_once(service, id)).await
+    }
+
+    async fn resolve(
+        &self,
+        service: &ServiceName,
+    ) -> Result<(Vec<Instance>, Revision), StoreError> {
+        retry(|| self.resolve_once(service)).await
+    }
 
     async fn watch(
         &self,
@@ -675,6 +747,7 @@ impl Store for EtcdStore {
             service: service.clone(),
             tx,
             reasons: HashMap::new(),
+            last: 0,
         };
         // The first read answers NOT_FOUND for a service that does not exist.
         let start = pump.start(since).await?;
@@ -696,6 +769,8 @@ struct EtcdPump {
     tx: mpsc::Sender<Result<WatchEvent, StoreError>>,
     /// Why instances are being removed, from markers seen before the deletion.
     reasons: HashMap<String, RemovalReason>,
+    /// The latest revision sent to the watcher, to resume after a break.
+    last: i64,
 }
 
 impl EtcdPump {
@@ -718,6 +793,7 @@ impl EtcdPump {
     }
 
     async fn run(mut self, mut start: Start, progress_every: Duration) {
+        let mut failures = 0u32;
         loop {
             match self.follow(start, progress_every).await {
                 // etcd compacted the revision we asked for: start over with a snapshot.
@@ -729,6 +805,21 @@ impl EtcdPump {
                     }
                 },
                 Ok(None) => return,
+                // The etcd member behind the watch went away: resume from the
+                // last revision sent, on whichever member answers.
+                Err(StoreError::Unavailable(why)) if failures < 10 => {
+                    failures += 1;
+                    let delay = Duration::from_millis(50 << failures.min(4));
+                    tracing::warn!(service = %self.service, %why, "etcd watch broke; resuming in {delay:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.tx.closed() => return,
+                    }
+                    start = Start {
+                        snapshot: None,
+                        from: self.last + 1,
+                    };
+                }
                 Err(e) => {
                     let _ = self.tx.send(Err(e)).await;
                     return;
@@ -770,7 +861,7 @@ impl EtcdPump {
         let mut current = false;
         let mut progress = tokio::time::interval(progress_every);
         progress.tick().await;
-        let mut last = start.from - 1;
+        self.last = self.last.max(start.from - 1);
         let alive = self.store.alive_key(&self.service);
         let instances = format!("{}/svc/{}/i/", self.store.prefix, self.service);
         let markers = format!("{}/svc/{}/r/", self.store.prefix, self.service);
@@ -796,10 +887,10 @@ impl EtcdPump {
                     response.cancel_reason()
                 )));
             }
-            let revision = response.header().map_or(last, |h| h.revision());
+            let revision = response.header().map_or(self.last, |h| h.revision());
             if response.events().is_empty() {
-                if current && !response.created() && revision > last {
-                    last = revision;
+                if current && !response.created() && revision > self.last {
+                    self.last = revision;
                     if self
                         .tx
                         .send(Ok(WatchEvent::Progress(
@@ -826,7 +917,7 @@ impl EtcdPump {
                 if key.starts_with(fences.as_bytes()) {
                     if !current && key == fence.as_bytes() && event.event_type() == EventType::Put {
                         current = true;
-                        last = kv.mod_revision().max(last);
+                        self.last = kv.mod_revision().max(self.last);
                         let at = u64::try_from(kv.mod_revision()).unwrap_or_default();
                         if self.tx.send(Ok(WatchEvent::Progress(at))).await.is_err() {
                             return Ok(None);
@@ -862,7 +953,7 @@ impl EtcdPump {
                         Change::Removed(self.store.instance_of(&self.service, previous)?, reason)
                     }
                 };
-                last = kv.mod_revision().max(last);
+                self.last = kv.mod_revision().max(self.last);
                 let event = Event {
                     revision: u64::try_from(kv.mod_revision()).unwrap_or_default(),
                     change,
