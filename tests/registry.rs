@@ -448,6 +448,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
             ratings
                 .create_service(pb::CreateServiceRequest {
                     name: "evil".into(),
+                    ..Default::default()
                 })
                 .await,
         ),
@@ -458,6 +459,19 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
             admin
                 .create_service(pb::CreateServiceRequest {
                     name: "Bad_Name".into(),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        case(
+            "a provided token that is too short",
+            Code::InvalidArgument,
+            "invalid token: use 32 to 256 printable ASCII characters",
+            admin
+                .create_service(pb::CreateServiceRequest {
+                    name: "short".into(),
+                    token: "svc_short".into(),
+                    ..Default::default()
                 })
                 .await,
         ),
@@ -468,6 +482,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
             admin
                 .create_service(pb::CreateServiceRequest {
                     name: "ratings".into(),
+                    ..Default::default()
                 })
                 .await,
         ),
@@ -749,6 +764,46 @@ async fn health_and_reflection_answer_on_both_daemons(store: StoreKind) {
     }
 }
 
+async fn provisioned_tokens_work_and_create_service_can_be_idempotent(store: StoreKind) {
+    let s = setup(store, &[]).await;
+    let token = "svc_provisioned-by-the-deployment-0123456789";
+    let run = |args: &'static [&'static str]| {
+        let admin = s.registry.admin_token.clone();
+        let url = s.registry.url();
+        async move {
+            tokio::process::Command::new(test_support::bin("registryctl"))
+                .args(["--registry", url.as_str(), "--admin-token", admin.as_str()])
+                .args(args)
+                .env("ORDERS_TOKEN", token)
+                .output()
+                .await
+                .expect("run registryctl")
+        }
+    };
+    let args: &[&str] = &[
+        "create-service",
+        "orders",
+        "--token-env",
+        "ORDERS_TOKEN",
+        "--if-missing",
+    ];
+    let first = run(args).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), token);
+    let again = run(args).await;
+    assert!(
+        again.status.success(),
+        "--if-missing: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    register(&mut s.registry.client(token), "orders", "o1", 9001).await;
+}
+
 /// Runs each test on both stores: `memory::name` and `etcd::name`.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -779,4 +834,5 @@ on_both_stores!(
     a_resumed_watch_gets_exactly_what_it_missed_or_a_snapshot,
     bad_input_gets_a_precise_status_and_changes_nothing,
     health_and_reflection_answer_on_both_daemons,
+    provisioned_tokens_work_and_create_service_can_be_idempotent,
 );

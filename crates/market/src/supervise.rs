@@ -237,6 +237,7 @@ async fn start(
         let created = registry_client::connect(&url, &admin)?
             .create_service(CreateServiceRequest {
                 name: "ratings".into(),
+                ..Default::default()
             })
             .await
             .context("cannot create the ratings service")?

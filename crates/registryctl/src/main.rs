@@ -61,6 +61,16 @@ enum Command {
     CreateService {
         /// The service's name: 1 to 63 of a-z, 0-9 and '-'.
         name: String,
+        /// Use this service token instead of a new one (for deployments that
+        /// provision their secrets), read from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        /// Use this consumer token, read from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        consumer_token_env: Option<String>,
+        /// Succeed without changes when the service exists already.
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Remove a service, its tokens and its instances.
     DeleteService {
@@ -187,14 +197,36 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::CreateService { name } => {
+        Command::CreateService {
+            name,
+            token_env,
+            consumer_token_env,
+            if_missing,
+        } => {
             let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
-            let request = pb::CreateServiceRequest { name: name.clone() };
+            let from_env = |var: &Option<String>| -> anyhow::Result<String> {
+                match var {
+                    Some(var) => std::env::var(var).with_context(|| format!("{var} is not set")),
+                    None => Ok(String::new()),
+                }
+            };
+            let request = pb::CreateServiceRequest {
+                name: name.clone(),
+                token: from_env(token_env)?,
+                consumer_token: from_env(consumer_token_env)?,
+            };
             let created = call(&registries, |mut c| {
                 let request = request.clone();
                 async move { c.create_service(request).await }
             })
-            .await?;
+            .await;
+            let created = match created {
+                Err(error) if *if_missing && error.to_string().contains("AlreadyExists") => {
+                    eprintln!("service {name} exists already; nothing changed");
+                    return Ok(());
+                }
+                other => other?,
+            };
             if cli.json {
                 print_json(&serde_json::json!({
                     "service": name,

@@ -81,6 +81,23 @@ impl<S: Store> RegistryApi<S> {
     }
 }
 
+/// A token the caller provided (checked), or a new one.
+fn provided_or_new(
+    given: String,
+    field: &'static str,
+    kind: TokenKind,
+) -> Result<String, InvalidArgument> {
+    if given.is_empty() {
+        return Ok(auth::generate(kind));
+    }
+    let ok = (32..=256).contains(&given.len()) && given.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(given)
+    } else {
+        Err(InvalidArgument::Token(field))
+    }
+}
+
 fn require_admin(principal: &Principal, call: &str) -> Result<(), Status> {
     match principal {
         Principal::Admin => Ok(()),
@@ -268,10 +285,12 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         request: Request<pb::CreateServiceRequest>,
     ) -> Result<Response<pb::CreateServiceResponse>, Status> {
         let principal = self.authenticate(&request).await?;
-        let name: ServiceName = request.get_ref().name.parse()?;
+        let req = request.into_inner();
+        let name: ServiceName = req.name.parse()?;
+        let token = provided_or_new(req.token, "token", TokenKind::Service)?;
+        let consumer_token =
+            provided_or_new(req.consumer_token, "consumer_token", TokenKind::Consumer)?;
         require_admin(&principal, "CreateService")?;
-        let token = auth::generate(TokenKind::Service);
-        let consumer_token = auth::generate(TokenKind::Consumer);
         let info = self
             .store
             .create_service(NewService {

@@ -31,6 +31,11 @@ pub enum InvalidArgument {
     /// The metadata breaks one of its bounds.
     #[error("invalid metadata: {0}")]
     Metadata(String),
+    /// A provided token is too short, too long or not printable.
+    #[error(
+        "invalid {0}: use 32 to 256 printable ASCII characters without spaces, or leave it empty"
+    )]
+    Token(&'static str),
     /// Neither a lease nor an instance was named.
     #[error("name the instance to deregister: give lease_id, or service and instance_id")]
     DeregisterTarget,
