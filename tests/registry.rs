@@ -804,6 +804,48 @@ async fn provisioned_tokens_work_and_create_service_can_be_idempotent(store: Sto
     register(&mut s.registry.client(token), "orders", "o1", 9001).await;
 }
 
+async fn deleting_a_service_tells_its_watchers_then_ends_them(store: StoreKind) {
+    let s = setup(store, &[]).await;
+    let mut ratings = s.registry.client(&s.token);
+    register(&mut ratings, "ratings", "a", 9001).await;
+    register(&mut ratings, "ratings", "b", 9002).await;
+    let mut watch = open_watch(&s, 0).await;
+    let (ids, _) = snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
+    assert_eq!(ids.len(), 2);
+
+    let out = s.registry.ctl(&["delete-service", "ratings"]).await;
+    assert!(out.contains("2 live instance(s)"), "{out}");
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let (kind, id, reason, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
+        assert_eq!(
+            (kind, reason),
+            (pb::ChangeKind::Removed, pb::RemovalReason::ServiceDeleted)
+        );
+        removed.push(id);
+    }
+    removed.sort();
+    assert_eq!(removed, ["a", "b"]);
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the stream ends");
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), Code::NotFound, "{status}"),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    let gone = s
+        .registry
+        .client(&s.token)
+        .resolve(pb::ResolveRequest {
+            service: "ratings".into(),
+        })
+        .await;
+    assert_eq!(
+        gone.expect_err("the token went with the service").code(),
+        Code::Unauthenticated
+    );
+}
+
 /// Runs each test on both stores: `memory::name` and `etcd::name`.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -835,4 +877,5 @@ on_both_stores!(
     bad_input_gets_a_precise_status_and_changes_nothing,
     health_and_reflection_answer_on_both_daemons,
     provisioned_tokens_work_and_create_service_can_be_idempotent,
+    deleting_a_service_tells_its_watchers_then_ends_them,
 );

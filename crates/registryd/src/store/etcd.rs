@@ -111,7 +111,6 @@ struct StoredLease {
 
 /// What a removal marker says.
 const DEREGISTERED: &str = "deregistered";
-const SERVICE_DELETED: &str = "service-deleted";
 
 // === impl EtcdStore ===
 
@@ -267,50 +266,64 @@ impl EtcdStore {
         &self,
         service: &ServiceName,
         id: &InstanceId,
+        expected_lease: Option<LeaseId>,
         reason: &str,
     ) -> Result<Instance, StoreError> {
+        let gone = || StoreError::NoSuchInstance {
+            service: service.clone(),
+            id: id.clone(),
+        };
         let mut kv = self.client.kv_client();
         let key = self.instance_key(service, id);
-        let response = kv.get(key.clone(), None).await.map_err(unavailable)?;
-        let Some(found) = response.kvs().first() else {
-            return Err(StoreError::NoSuchInstance {
-                service: service.clone(),
-                id: id.clone(),
-            });
-        };
-        let instance = self.instance_of(service, found)?;
-        let lease = found.lease();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                found.mod_revision(),
-            )])
-            .and_then([
-                TxnOp::put(
-                    self.marker_key(service, id),
-                    reason,
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::delete(key, None),
-            ]);
-        let done = kv.txn(txn).await.map_err(unavailable)?;
-        if !done.succeeded() {
-            // It changed meanwhile (re-registered or gone): the caller may retry.
-            return Err(StoreError::NoSuchInstance {
-                service: service.clone(),
-                id: id.clone(),
-            });
+        // Twice at most: a re-registration of the same id may race the first read.
+        for _ in 0..2 {
+            let response = kv.get(key.clone(), None).await.map_err(unavailable)?;
+            let Some(found) = response.kvs().first() else {
+                return Err(gone());
+            };
+            let instance = self.instance_of(service, found)?;
+            let lease = found.lease();
+            if expected_lease.is_some_and(|expected| i64::try_from(expected.0) != Ok(lease)) {
+                // The id is held under another, newer lease: not this caller's.
+                return Err(gone());
+            }
+            let lease_id = LeaseId(u64::try_from(lease).unwrap_or_default());
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    found.mod_revision(),
+                )])
+                .and_then([
+                    TxnOp::put(
+                        self.marker_key(service, id),
+                        reason,
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(self.lease_key(lease_id), None),
+                ]);
+            let done = kv.txn(txn).await.map_err(unavailable)?;
+            if done.succeeded() {
+                if let Err(error) = self.client.lease_client().revoke(lease).await {
+                    // The keys are gone already; the lease itself expires with its TTL.
+                    tracing::debug!(%error, "could not revoke lease {lease_id}");
+                }
+                return Ok(instance);
+            }
         }
-        let _ = self.client.lease_client().revoke(lease).await;
-        Ok(instance)
+        Err(gone())
     }
 }
 
 // === impl Store for EtcdStore ===
 
 impl EtcdStore {
-    async fn create_service_once(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
+    async fn create_service_once(
+        &self,
+        service: NewService,
+        retried: bool,
+    ) -> Result<ServiceInfo, StoreError> {
         let created_at_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -342,8 +355,31 @@ impl EtcdStore {
             .txn(txn)
             .await
             .map_err(unavailable)?;
-        if !done.succeeded() {
+        if !done.succeeded() && !retried {
             return Err(StoreError::ServiceExists(service.name));
+        }
+        if !done.succeeded() {
+            // A retry of a creation whose answer was lost finds its own token:
+            // that is a success, not a conflict.
+            let existing = self
+                .client
+                .kv_client()
+                .get(self.service_key(&service.name), None)
+                .await
+                .map_err(unavailable)?;
+            let ours = existing.kvs().first().and_then(|kv| {
+                serde_json::from_slice::<StoredService>(kv.value())
+                    .ok()
+                    .filter(|stored| stored.token_sha256 == service.token.to_string())
+            });
+            return match ours {
+                Some(stored) => Ok(ServiceInfo {
+                    name: service.name,
+                    created_at_unix: stored.created_at_unix,
+                    live_instances: 0,
+                }),
+                None => Err(StoreError::ServiceExists(service.name)),
+            };
         }
         Ok(ServiceInfo {
             name: service.name,
@@ -363,30 +399,13 @@ impl EtcdStore {
         };
         let stored: StoredService =
             serde_json::from_slice(record.value()).map_err(|_| corrupt("service", record.key()))?;
-        let (instances, _) = self.resolve(name).await?;
-        // Markers first, so watchers know why the instances go.
-        if !instances.is_empty() {
-            let markers: Vec<TxnOp> = instances
-                .iter()
-                .map(|i| {
-                    TxnOp::put(
-                        self.marker_key(name, &i.id),
-                        SERVICE_DELETED,
-                        Some(
-                            PutOptions::new()
-                                .with_lease(i64::try_from(i.lease.0).unwrap_or_default()),
-                        ),
-                    )
-                })
-                .collect();
-            kv.txn(Txn::new().and_then(markers))
-                .await
-                .map_err(unavailable)?;
-        }
+        // One transaction: the service, its tokens and every instance. A
+        // watcher sees the service's marker deleted at the same revision as
+        // its instances, which is how it knows why they went.
         let txn = Txn::new().and_then([
             TxnOp::delete(
                 self.svc_prefix(name),
-                Some(DeleteOptions::new().with_prefix()),
+                Some(DeleteOptions::new().with_prefix().with_prev_key()),
             ),
             TxnOp::delete(self.service_key(name), None),
             TxnOp::delete(
@@ -398,14 +417,32 @@ impl EtcdStore {
                 None,
             ),
         ]);
-        kv.txn(txn).await.map_err(unavailable)?;
-        let mut leases = self.client.lease_client();
-        for instance in &instances {
-            let _ = leases
-                .revoke(i64::try_from(instance.lease.0).unwrap_or_default())
-                .await;
+        let done = kv.txn(txn).await.map_err(unavailable)?;
+        let instances_prefix = format!("{}/svc/{name}/i/", self.prefix);
+        let leases: Vec<i64> = done
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                etcd_client::TxnOpResponse::Delete(deleted) => Some(deleted),
+                _ => None,
+            })
+            .flat_map(|deleted| {
+                deleted
+                    .prev_kvs()
+                    .iter()
+                    .filter(|kv| kv.key().starts_with(instances_prefix.as_bytes()))
+                    .map(KeyValue::lease)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut lease_client = self.client.lease_client();
+        for lease in &leases {
+            // Takes the lease's index key with it.
+            if let Err(error) = lease_client.revoke(*lease).await {
+                tracing::debug!(%error, "could not revoke lease {lease:x}; it expires with its TTL");
+            }
         }
-        Ok(u32::try_from(instances.len()).unwrap_or(u32::MAX))
+        Ok(u32::try_from(leases.len()).unwrap_or(u32::MAX))
     }
 
     async fn list_services_once(&self) -> Result<Vec<ServiceInfo>, StoreError> {
@@ -533,14 +570,9 @@ impl EtcdStore {
                     Some(PutOptions::new().with_lease(lease)),
                 ),
             ]);
-        let done = kv.txn(txn).await.map_err(unavailable);
-        let done = match done {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = self.client.lease_client().revoke(lease).await;
-                return Err(e);
-            }
-        };
+        // On a transport error the lease is left alone: the transaction may
+        // have committed. If it did not, the unused lease expires with its TTL.
+        let done = kv.txn(txn).await.map_err(unavailable)?;
         if !done.succeeded() {
             let _ = self.client.lease_client().revoke(lease).await;
             let exists = kv
@@ -576,24 +608,26 @@ impl EtcdStore {
     async fn heartbeat_once(&self, lease: LeaseId, scope: &Scope) -> Result<Ttl, StoreError> {
         let (service, id) = self.scoped(lease, scope).await?;
         let etcd_lease = i64::try_from(lease.0).map_err(|_| StoreError::NoSuchLease(lease))?;
-        let (mut keeper, mut answers) = self
+        // The lease must still be the one holding the instance: a lease whose
+        // instance is gone must not be kept alive, or it would never register again.
+        let found = self
             .client
-            .lease_client()
-            .keep_alive(etcd_lease)
+            .kv_client()
+            .get(self.instance_key(&service, &id), None)
             .await
             .map_err(unavailable)?;
-        keeper.keep_alive().await.map_err(unavailable)?;
-        let answer = answers.message().await.map_err(unavailable)?;
-        match answer {
-            Some(answer) if answer.ttl() > 0 => {
-                let ttl = u32::try_from(answer.ttl()).unwrap_or(Ttl::MAX_SECONDS);
-                Ttl::from_secs(ttl.min(Ttl::MAX_SECONDS))
-                    .map_err(|_| StoreError::NoSuchLease(lease))
-            }
-            _ => {
-                tracing::debug!(service = %service, instance = %id, "lease {lease} had expired");
+        let Some(held) = found.kvs().first().filter(|kv| kv.lease() == etcd_lease) else {
+            return Err(StoreError::NoSuchLease(lease));
+        };
+        let ttl = self.instance_of(&service, held)?.ttl;
+        // One renewal: etcd-client's keep_alive sends it and reads the answer.
+        match self.client.lease_client().keep_alive(etcd_lease).await {
+            Ok(_) => Ok(ttl),
+            Err(etcd_client::Error::LeaseKeepAliveError(why)) => {
+                tracing::debug!(service = %service, instance = %id, %why, "lease {lease} had expired");
                 Err(StoreError::NoSuchLease(lease))
             }
+            Err(error) => Err(unavailable(error)),
         }
     }
 
@@ -603,7 +637,7 @@ impl EtcdStore {
         scope: &Scope,
     ) -> Result<Instance, StoreError> {
         let (service, id) = self.scoped(lease, scope).await?;
-        self.remove(&service, &id, DEREGISTERED)
+        self.remove(&service, &id, Some(lease), DEREGISTERED)
             .await
             .map_err(|e| match e {
                 StoreError::NoSuchInstance { .. } => StoreError::NoSuchLease(lease),
@@ -625,7 +659,7 @@ impl EtcdStore {
         if alive.count() == 0 {
             return Err(StoreError::NoSuchService(service.clone()));
         }
-        self.remove(service, id, DEREGISTERED).await
+        self.remove(service, id, None, DEREGISTERED).await
     }
 
     async fn resolve_once(
@@ -665,9 +699,10 @@ impl EtcdStore {
 }
 
 /// Runs an operation again when etcd was out of reach (a member down, a
-/// leader election): up to four tries within about 200 ms. Operations are
-/// guarded by transaction conditions, so a retry of one that did succeed
-/// fails cleanly rather than applying twice.
+/// leader election): up to four tries, 25, 50 and 100 ms apart (each try is
+/// bounded by the client's 5 s request timeout). Writes are guarded by
+/// transaction conditions, so a retry of one that did commit cannot apply
+/// twice; creating a service recognises its own earlier success.
 async fn retry<T, F, Fut>(mut operation: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -689,7 +724,13 @@ where
 
 impl Store for EtcdStore {
     async fn create_service(&self, service: NewService) -> Result<ServiceInfo, StoreError> {
-        retry(|| self.create_service_once(service.clone())).await
+        // Only a retry may find its own earlier, unanswered success.
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        retry(|| {
+            let earlier = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.create_service_once(service.clone(), earlier > 0)
+        })
+        .await
     }
 
     async fn delete_service(&self, name: &ServiceName) -> Result<u32, StoreError> {
@@ -748,6 +789,7 @@ impl Store for EtcdStore {
             tx,
             reasons: HashMap::new(),
             last: 0,
+            failures: 0,
         };
         // The first read answers NOT_FOUND for a service that does not exist.
         let start = pump.start(since).await?;
@@ -771,6 +813,8 @@ struct EtcdPump {
     reasons: HashMap<String, RemovalReason>,
     /// The latest revision sent to the watcher, to resume after a break.
     last: i64,
+    /// Breaks of the etcd watch in a row, reset once a watch is current again.
+    failures: u32,
 }
 
 impl EtcdPump {
@@ -793,7 +837,6 @@ impl EtcdPump {
     }
 
     async fn run(mut self, mut start: Start, progress_every: Duration) {
-        let mut failures = 0u32;
         loop {
             match self.follow(start, progress_every).await {
                 // etcd compacted the revision we asked for: start over with a snapshot.
@@ -807,9 +850,9 @@ impl EtcdPump {
                 Ok(None) => return,
                 // The etcd member behind the watch went away: resume from the
                 // last revision sent, on whichever member answers.
-                Err(StoreError::Unavailable(why)) if failures < 10 => {
-                    failures += 1;
-                    let delay = Duration::from_millis(50 << failures.min(4));
+                Err(StoreError::Unavailable(why)) if self.failures < 10 => {
+                    self.failures += 1;
+                    let delay = Duration::from_millis(50 << self.failures.min(4));
                     tracing::warn!(service = %self.service, %why, "etcd watch broke; resuming in {delay:?}");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -836,6 +879,8 @@ impl EtcdPump {
         start: Start,
         progress_every: Duration,
     ) -> Result<Option<i64>, StoreError> {
+        // Where to resume if this watch breaks before sending anything.
+        self.last = self.last.max(start.from - 1);
         if let Some(snapshot) = start.snapshot
             && self.tx.send(Ok(snapshot)).await.is_err()
         {
@@ -861,7 +906,6 @@ impl EtcdPump {
         let mut current = false;
         let mut progress = tokio::time::interval(progress_every);
         progress.tick().await;
-        self.last = self.last.max(start.from - 1);
         let alive = self.store.alive_key(&self.service);
         let instances = format!("{}/svc/{}/i/", self.store.prefix, self.service);
         let markers = format!("{}/svc/{}/r/", self.store.prefix, self.service);
@@ -904,19 +948,19 @@ impl EtcdPump {
                 }
                 continue;
             }
+            let mut deleted = false;
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let key = kv.key();
                 if key == alive.as_bytes() && event.event_type() == EventType::Delete {
-                    let _ = self
-                        .tx
-                        .send(Err(StoreError::NoSuchService(self.service.clone())))
-                        .await;
-                    return Ok(None);
+                    // The instances deleted with it follow in this response.
+                    deleted = true;
+                    continue;
                 }
                 if key.starts_with(fences.as_bytes()) {
                     if !current && key == fence.as_bytes() && event.event_type() == EventType::Put {
                         current = true;
+                        self.failures = 0;
                         self.last = kv.mod_revision().max(self.last);
                         let at = u64::try_from(kv.mod_revision()).unwrap_or_default();
                         if self.tx.send(Ok(WatchEvent::Progress(at))).await.is_err() {
@@ -929,11 +973,8 @@ impl EtcdPump {
                     |prefix: &str| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                 if key.starts_with(markers.as_bytes()) {
                     if event.event_type() == EventType::Put {
-                        let reason = match kv.value() {
-                            v if v == SERVICE_DELETED.as_bytes() => RemovalReason::ServiceDeleted,
-                            _ => RemovalReason::Deregistered,
-                        };
-                        self.reasons.insert(name(&markers), reason);
+                        self.reasons
+                            .insert(name(&markers), RemovalReason::Deregistered);
                     }
                     continue;
                 }
@@ -943,13 +984,16 @@ impl EtcdPump {
                 let change = match event.event_type() {
                     EventType::Put => Change::Added(self.store.instance_of(&self.service, kv)?),
                     EventType::Delete => {
+                        // Without the previous value (etcd could not read it,
+                        // near a compaction), start over from a snapshot.
                         let Some(previous) = event.prev_kv() else {
-                            continue;
+                            return Ok(Some(kv.mod_revision()));
                         };
-                        let reason = self
-                            .reasons
-                            .remove(&name(&instances))
-                            .unwrap_or(RemovalReason::Expired);
+                        let reason = match self.reasons.remove(&name(&instances)) {
+                            Some(reason) => reason,
+                            None if deleted => RemovalReason::ServiceDeleted,
+                            None => RemovalReason::Expired,
+                        };
                         Change::Removed(self.store.instance_of(&self.service, previous)?, reason)
                     }
                 };
@@ -961,6 +1005,13 @@ impl EtcdPump {
                 if self.tx.send(Ok(WatchEvent::Change(event))).await.is_err() {
                     return Ok(None);
                 }
+            }
+            if deleted {
+                let _ = self
+                    .tx
+                    .send(Err(StoreError::NoSuchService(self.service.clone())))
+                    .await;
+                return Ok(None);
             }
         }
     }
