@@ -7,13 +7,14 @@ use askama::Template;
 use axum::{
     Form, Json, Router,
     extract::{FromRef, Path, Query, State, rejection::FormRejection},
-    http::{StatusCode, Uri, header},
+    http::{HeaderValue, StatusCode, Uri, header},
     response::{Html, IntoResponse, Redirect, Response},
     routing::get,
 };
 use axum_extra::extract::{SignedCookieJar, cookie::Key};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::{
     cart::Message,
@@ -67,7 +68,25 @@ pub fn app(state: AppState) -> Router {
         .route("/static/{file}", get(asset))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(header_layer(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header_layer(header::REFERRER_POLICY, "same-origin"))
         .with_state(state)
+}
+
+/// The shop needs no script at all, loads everything from itself, and may not
+/// be framed: the policy says so to the browser.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+fn header_layer(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
 // === the shop page ===
@@ -97,6 +116,8 @@ struct IndexPage {
     cart: Vec<&'static Item>,
     total: String,
     message: Option<&'static str>,
+    /// The session's CSRF token, for every form.
+    csrf: String,
 }
 
 async fn index(
@@ -115,15 +136,15 @@ async fn index(
     let ids: Vec<&'static str> = catalog::ids().collect();
     let shown = state.ratings.for_page(&ids).await;
 
-    let (cart, message) = match state.sessions.find(&jar) {
-        Some(session) => {
-            let mut session = session::lock(&session);
-            (
-                session.cart.clone(),
-                session.flash.take().map(Message::text),
-            )
-        }
-        None => (Default::default(), None),
+    // Every visitor gets a session here, so that their forms carry its token.
+    let (jar, session) = state.sessions.find_or_create(jar);
+    let (cart, message, csrf) = {
+        let mut session = session::lock(&session);
+        (
+            session.cart.clone(),
+            session.flash.take().map(Message::text),
+            session.csrf.clone(),
+        )
     };
     let rated = state.ratings.client().is_some();
     let cards = CATALOG
@@ -145,10 +166,11 @@ async fn index(
         total: cart.total().to_string(),
         cart: cart.items().collect(),
         message,
+        csrf,
     };
     let html = page.render()?;
     state.metrics.page(started.elapsed().as_secs_f64());
-    Ok(Html(html).into_response())
+    Ok((jar, Html(html)).into_response())
 }
 
 /// Adds to, removes from, or checks out the visitor's cart, then redirects
@@ -167,9 +189,23 @@ async fn change_cart(
             AppError::BadRequest(form_problem(&e))
         }
     })?;
-    let action = parse_action(&fields)?;
-    let (jar, session) = state.sessions.find_or_create(jar);
+    let stale = || {
+        AppError::Forbidden(
+            "this form's csrf token is missing or not this session's (the session may have expired): reload the page and try again"
+                .to_owned(),
+        )
+    };
+    let session = state.sessions.find(&jar).ok_or_else(stale)?;
+    let (tokens, fields): (Vec<_>, Vec<_>) =
+        fields.into_iter().partition(|(name, _)| name == "csrf");
+    let [(_, token)] = tokens.as_slice() else {
+        return Err(stale());
+    };
     let mut session = session::lock(&session);
+    if !session.csrf_matches(token) {
+        return Err(stale());
+    }
+    let action = parse_action(&fields)?;
     let message = match action {
         Action::Add(item) => session.cart.add(item),
         Action::Remove(item) => session.cart.remove(item),
@@ -191,7 +227,7 @@ const ACCEPTED: &str = "send exactly one of addCart=<item id>, removeCart=<item 
 fn parse_action(fields: &[(String, String)]) -> Result<Action, AppError> {
     let [(name, value)] = fields else {
         return Err(AppError::BadRequest(format!(
-            "the form has {} fields; {ACCEPTED}",
+            "the form has {} fields besides csrf; {ACCEPTED}",
             fields.len()
         )));
     };

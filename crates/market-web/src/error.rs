@@ -16,6 +16,9 @@ pub enum AppError {
     /// The form or query was malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// The form's CSRF token is missing or wrong.
+    #[error("{0}")]
+    Forbidden(String),
     /// The body was larger than accepted.
     #[error("{0}")]
     TooLarge(String),
@@ -46,6 +49,7 @@ impl IntoResponse for AppError {
         let (status, heading) = match &self {
             AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "That did not work"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "That was too much"),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "That form has expired"),
             AppError::NoPage(_) | AppError::NoItem(_) => (StatusCode::NOT_FOUND, "Not found"),
             AppError::NoItemJson(_) => {
                 return (

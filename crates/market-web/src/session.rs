@@ -18,12 +18,31 @@ use crate::cart::{Cart, Message};
 pub(crate) const COOKIE: &str = "market_session";
 
 /// What the shop remembers of one visitor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Session {
     /// Their cart.
     pub(crate) cart: Cart,
     /// The message to show on their next page, once.
     pub(crate) flash: Option<Message>,
+    /// The token every form of theirs carries: a cross-site form cannot
+    /// know it, so it cannot change their cart.
+    pub(crate) csrf: String,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            cart: Cart::default(),
+            flash: None,
+            csrf: format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
+    /// Whether a form's token is this session's, compared in constant time.
+    pub(crate) fn csrf_matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        given.len() == self.csrf.len() && bool::from(given.as_bytes().ct_eq(self.csrf.as_bytes()))
+    }
 }
 
 /// A session shared by the requests of one visitor.
@@ -60,7 +79,7 @@ impl Sessions {
             return (jar, session);
         }
         let id: u128 = rand::random();
-        let session = Shared::default();
+        let session = Arc::new(Mutex::new(Session::new()));
         self.store.insert(id, session.clone());
         let cookie = Cookie::build((COOKIE, format!("{id:032x}")))
             .path("/")

@@ -57,17 +57,12 @@ fn monolith() -> axum::Router {
     app(state(None, Duration::ZERO))
 }
 
-/// Posts a form; returns the session cookie to send next time.
-async fn post_form(router: &axum::Router, body: &str, cookie: Option<&str>) -> String {
-    let reply = send(router, post(body, cookie)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SEE_OTHER,
-        "{body}: {}",
-        reply.body
-    );
-    assert_eq!(reply.headers[header::LOCATION], "/");
-    match reply.headers.get(header::SET_COOKIE) {
+/// The visitor's session cookie (a new one when `cookie` is `None`) and the
+/// CSRF token their page's forms carry, as a browser gets them.
+async fn visit(router: &axum::Router, cookie: Option<&str>) -> (String, String) {
+    let reply = send(router, get("/", cookie)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let cookie = match reply.headers.get(header::SET_COOKIE) {
         Some(set) => {
             let set = set.to_str().expect("ascii");
             assert!(
@@ -77,7 +72,30 @@ async fn post_form(router: &axum::Router, body: &str, cookie: Option<&str>) -> S
             set.split(';').next().expect("name=value").to_owned()
         }
         None => cookie.expect("a session already").to_owned(),
-    }
+    };
+    let token = reply
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's forms carry a csrf token")
+        .to_owned();
+    (cookie, token)
+}
+
+/// Posts a form as a browser would (with the page's token); returns the
+/// session cookie to send next time.
+async fn post_form(router: &axum::Router, body: &str, cookie: Option<&str>) -> String {
+    let (cookie, token) = visit(router, cookie).await;
+    let reply = send(router, post(&format!("csrf={token}&{body}"), Some(&cookie))).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SEE_OTHER,
+        "{body}: {}",
+        reply.body
+    );
+    assert_eq!(reply.headers[header::LOCATION], "/");
+    cookie
 }
 
 async fn page(router: &axum::Router, cookie: Option<&str>) -> String {
@@ -184,47 +202,77 @@ async fn a_forged_session_cookie_gets_no_cart() {
 async fn bad_input_gets_a_clear_4xx_and_leaves_the_cart_alone() {
     let router = monolith();
     let cookie = post_form(&router, "addCart=camera", None).await;
+    let (_, token) = visit(&router, Some(&cookie)).await;
+    let (other_cookie, other_token) = visit(&router, None).await;
+    let with = |body: &str| post(&format!("csrf={token}&{body}"), Some(&cookie));
     let big = format!("addCart={}", "x".repeat(10_000));
     let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
         (
+            "no csrf token",
+            post("addCart=football", Some(&cookie)),
+            StatusCode::FORBIDDEN,
+            "csrf token is missing",
+        ),
+        (
+            "a wrong csrf token",
+            post("csrf=0123&addCart=football", Some(&cookie)),
+            StatusCode::FORBIDDEN,
+            "reload the page",
+        ),
+        (
+            "another visitor's csrf token",
+            post(
+                &format!("csrf={other_token}&addCart=football"),
+                Some(&cookie),
+            ),
+            StatusCode::FORBIDDEN,
+            "not this session",
+        ),
+        (
+            "a token without its session",
+            post(&format!("csrf={token}&addCart=football"), None),
+            StatusCode::FORBIDDEN,
+            "csrf token",
+        ),
+        (
             "unknown item",
-            post("addCart=piano", Some(&cookie)),
+            with("addCart=piano"),
             StatusCode::BAD_REQUEST,
             "no such item: &#34;piano&#34;",
         ),
         (
             "unknown item to remove",
-            post("removeCart=piano", Some(&cookie)),
+            with("removeCart=piano"),
             StatusCode::BAD_REQUEST,
             "the items are basketball, briefcase, camera, football",
         ),
         (
             "two actions",
-            post("addCart=camera&checkout=1", Some(&cookie)),
+            with("addCart=camera&checkout=1"),
             StatusCode::BAD_REQUEST,
-            "the form has 2 fields",
+            "the form has 2 fields besides csrf",
         ),
         (
             "no action",
-            post("", Some(&cookie)),
+            with(""),
             StatusCode::BAD_REQUEST,
-            "the form has 0 fields",
+            "the form has 0 fields besides csrf",
         ),
         (
             "unknown field",
-            post("buy=camera", Some(&cookie)),
+            with("buy=camera"),
             StatusCode::BAD_REQUEST,
             "unknown form field &#34;buy&#34;",
         ),
         (
             "a stray percent sign",
-            post("addCart=%ZZ", Some(&cookie)),
+            with("addCart=%ZZ"),
             StatusCode::BAD_REQUEST,
             "no such item: &#34;%ZZ&#34;",
         ),
         (
             "oversized body",
-            post(&big, Some(&cookie)),
+            with(&big),
             StatusCode::PAYLOAD_TOO_LARGE,
             "at most 4096 bytes",
         ),
@@ -247,6 +295,26 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_the_cart_alone() {
     }
     let body = page(&router, Some(&cookie)).await;
     assert!(body.contains("Total: $99.99"), "the cart is unchanged");
+    assert!(
+        page(&router, Some(&other_cookie))
+            .await
+            .contains("Your cart is currently empty.")
+    );
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let reply = send(&monolith(), get("/", None)).await;
+    let csp = reply.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(reply.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert!(!reply.body.contains("<script"), "no script on the page");
 }
 
 #[tokio::test]
