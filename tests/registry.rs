@@ -557,6 +557,17 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
                 .await,
         ),
         case(
+            "a request over 64 KiB",
+            Code::OutOfRange,
+            "too large",
+            ratings
+                .register(pb::RegisterRequest {
+                    metadata: [("k".to_owned(), "v".repeat(100_000))].into(),
+                    ..registration("ratings", "x", "127.0.0.1:1", 30)
+                })
+                .await,
+        ),
+        case(
             "a bad instance id",
             Code::InvalidArgument,
             "invalid instance id",

@@ -27,6 +27,12 @@ pub use crate::{
     error::AppError,
 };
 
+/// The longest a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests served at once; more wait.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+
 /// Builds the app: the monolith when `client` is `None`.
 pub fn state(client: Option<ratings_client::RatingsClient>, fresh_for: Duration) -> AppState {
     let metrics = metrics::Metrics::new(client.clone());
@@ -45,11 +51,25 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(state).layer(
-        tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::DEBUG))
-            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
-    );
+    // A request that takes longer than this gets 408; more than this many
+    // requests at once wait for a slot.
+    let app = app(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::DEBUG),
+                )
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                ),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

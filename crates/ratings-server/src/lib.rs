@@ -100,6 +100,16 @@ impl pb::ratings_server::Ratings for RatingsService {
     }
 }
 
+/// The largest request accepted, in bytes (an item id is at most 63).
+pub const MAX_MESSAGE: usize = 4 * 1024;
+
+/// The longest a call may take before it is answered DEADLINE_EXCEEDED, even
+/// with `--delay`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Calls in flight on one connection before further ones wait.
+const MAX_CALLS_PER_CONNECTION: usize = 1024;
+
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -131,9 +141,13 @@ pub async fn serve(
         conn
     });
     tonic::transport::Server::builder()
+        // Explicit limits: no call takes longer than this to answer, and one
+        // connection cannot hold more than this many calls at once.
+        .timeout(CALL_TIMEOUT)
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RatingsServer::new(service))
+        .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             health

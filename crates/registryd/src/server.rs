@@ -10,6 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{api::RegistryApi, store::Store};
 
+/// The largest request accepted, in bytes: a registration with the most
+/// metadata is about 5 KiB. A larger one is refused with OUT_OF_RANGE.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Calls in flight on one connection before further ones wait.
+const MAX_CALLS_PER_CONNECTION: usize = 256;
+
 /// How the registry serves.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -62,9 +69,12 @@ pub async fn serve<S: Store>(
         conn
     });
     tonic::transport::Server::builder()
+        // Explicit limits: a registry's requests are small, and one
+        // connection cannot hold more than this many calls at once.
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RegistryServer::new(api))
+        .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             health
