@@ -397,3 +397,137 @@ async fn a_failed_catalog_write_changes_nothing() {
             .is_none()
     );
 }
+
+mod model {
+    //! The store against a reference model: random registrations, heartbeats,
+    //! deregistrations and clock advances. After every step `Resolve` matches
+    //! the model, and a watcher's view, built from its events alone, always
+    //! converges to `Resolve`.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register { id: u8, port: u16 },
+        Heartbeat(u8),
+        Deregister(u8),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, 0u16..2).prop_map(|(id, port)| Op::Register { id, port }),
+            (0u8..4).prop_map(Op::Heartbeat),
+            (0u8..4).prop_map(Op::Deregister),
+            (0u64..3000).prop_map(Op::Advance),
+        ]
+    }
+
+    /// What the model holds of a live instance.
+    #[derive(Debug, Clone)]
+    struct Live {
+        port: u16,
+        lease: LeaseId,
+        /// Milliseconds since the start.
+        expires_at: u64,
+    }
+
+    const TTL_MS: u64 = 2000;
+
+    fn apply(view: &mut BTreeMap<String, String>, event: WatchEvent) {
+        match event {
+            WatchEvent::Snapshot { instances, .. } => {
+                *view = instances
+                    .into_iter()
+                    .map(|i| (i.id.to_string(), i.address.to_string()))
+                    .collect();
+            }
+            WatchEvent::Change(Event {
+                change: Change::Added(i),
+                ..
+            }) => {
+                view.insert(i.id.to_string(), i.address.to_string());
+            }
+            WatchEvent::Change(Event {
+                change: Change::Removed(i, _),
+                ..
+            }) => {
+                view.remove(i.id.as_str());
+            }
+            WatchEvent::Progress(_) => {}
+        }
+    }
+
+    /// Lets the expiry task and the watch pump run.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn the_store_matches_the_model_and_watchers_converge(ops in prop::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            runtime.block_on(async move {
+                let store = store_with(&["ratings"]).await;
+                let mut watch = store.watch(&name("ratings"), 0, PROGRESS).await.unwrap();
+                let mut view = BTreeMap::new();
+                let mut model: BTreeMap<u8, Live> = BTreeMap::new();
+                let mut now = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Register { id, port } => {
+                            let result = store.register(registration("ratings", &format!("i{id}"), 9000 + port, 2)).await;
+                            match model.get(&id) {
+                                Some(live) if live.port != port => {
+                                    let taken = matches!(result, Err(StoreError::InstanceIdTaken { .. }));
+                                    prop_assert!(taken, "the id is held at another address");
+                                }
+                                _ => {
+                                    let instance = result.unwrap();
+                                    model.insert(id, Live { port, lease: instance.lease, expires_at: now + TTL_MS });
+                                }
+                            }
+                        }
+                        Op::Heartbeat(id) => {
+                            if let Some(live) = model.get_mut(&id) {
+                                store.heartbeat(live.lease, &Scope::Any).await.unwrap();
+                                live.expires_at = now + TTL_MS;
+                            }
+                        }
+                        Op::Deregister(id) => {
+                            if let Some(live) = model.remove(&id) {
+                                store.deregister_lease(live.lease, &Scope::Any).await.unwrap();
+                            }
+                        }
+                        Op::Advance(ms) => {
+                            tokio::time::advance(Duration::from_millis(ms)).await;
+                            now += ms;
+                            model.retain(|_, live| live.expires_at > now);
+                        }
+                    }
+                    settle().await;
+                    let (instances, _) = store.resolve(&name("ratings")).await.unwrap();
+                    let resolved: BTreeMap<String, String> =
+                        instances.into_iter().map(|i| (i.id.to_string(), i.address.to_string())).collect();
+                    let expected: BTreeMap<String, String> = model
+                        .iter()
+                        .map(|(id, live)| (format!("i{id}"), format!("http://127.0.0.1:{}", 9000 + live.port)))
+                        .collect();
+                    prop_assert_eq!(&resolved, &expected, "at {} ms", now);
+                    while let Some(Some(event)) = futures::FutureExt::now_or_never(watch.next()) {
+                        apply(&mut view, event.unwrap());
+                    }
+                    prop_assert_eq!(&view, &resolved, "the watcher converged at {} ms", now);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
