@@ -857,6 +857,41 @@ async fn deleting_a_service_tells_its_watchers_then_ends_them(store: StoreKind) 
     );
 }
 
+async fn failed_authentication_is_rate_limited_per_peer(store: StoreKind) {
+    let s = setup(store, &[]).await;
+    let resolve = pb::ResolveRequest {
+        service: "ratings".into(),
+    };
+    let mut guesser = s.registry.client("svc_guess");
+    for i in 0..20 {
+        let status = guesser
+            .resolve(resolve.clone())
+            .await
+            .expect_err("a wrong token");
+        assert_eq!(status.code(), Code::Unauthenticated, "attempt {i}");
+    }
+    // Past the limit, the peer is refused whatever token it sends, for a while.
+    let status = guesser.resolve(resolve.clone()).await.expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("too many failed authentications from 127.0.0.1"),
+        "{status}"
+    );
+    let status = s
+        .registry
+        .client(&s.token)
+        .resolve(resolve)
+        .await
+        .expect_err("refused too");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    s.registry
+        .proc
+        .wait_for_line("20 failed authentications from 127.0.0.1")
+        .await;
+}
+
 /// Runs each test on both stores: `memory::name` and `etcd::name`.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -889,4 +924,5 @@ on_both_stores!(
     health_and_reflection_answer_on_both_daemons,
     provisioned_tokens_work_and_create_service_can_be_idempotent,
     deleting_a_service_tells_its_watchers_then_ends_them,
+    failed_authentication_is_rate_limited_per_peer,
 );

@@ -7,7 +7,15 @@
 //! then a token that may not do this is `PERMISSION_DENIED`. Nothing reaches the
 //! store until all three passed.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{Stream, StreamExt as _};
 use market_proto::registry::v1 as pb;
@@ -34,6 +42,8 @@ pub struct RegistryApi<S> {
     /// Cancelled when the server shuts down: open watch streams end, so that
     /// the graceful shutdown does not wait for them forever.
     closing: CancellationToken,
+    /// Failed authentications per peer, each counted for one window.
+    failed_auth: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
 }
 
 impl<S: Store> RegistryApi<S> {
@@ -49,11 +59,42 @@ impl<S: Store> RegistryApi<S> {
             admin: TokenHash::of(admin_token),
             progress_every,
             closing,
+            failed_auth: moka::sync::Cache::builder()
+                .time_to_live(FAILED_AUTH_WINDOW)
+                .max_capacity(100_000)
+                .build(),
         }
     }
 
     /// Who is calling, from the `authorization: Bearer <token>` metadata.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        if let Some(peer) = peer
+            && self
+                .failed_auth
+                .get(&peer)
+                .is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_FAILED_AUTH)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentications from {peer}: wait up to {}s and use a valid token",
+                FAILED_AUTH_WINDOW.as_secs()
+            )));
+        }
+        let result = self.check_token(request).await;
+        if let (Err(status), Some(peer)) = (&result, peer)
+            && status.code() == tonic::Code::Unauthenticated
+        {
+            let count = self
+                .failed_auth
+                .get_with(peer, || Arc::new(AtomicU32::new(0)));
+            if count.fetch_add(1, Ordering::Relaxed) + 1 == MAX_FAILED_AUTH {
+                tracing::warn!(%peer, "{MAX_FAILED_AUTH} failed authentications from {peer}; refusing it for a while");
+            }
+        }
+        result
+    }
+
+    async fn check_token<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let value = request.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
         })?;
@@ -80,6 +121,14 @@ impl<S: Store> RegistryApi<S> {
         }
     }
 }
+
+/// Failed authentications one peer may make within `FAILED_AUTH_WINDOW`
+/// before every call from it is refused until the window ends. Tokens cannot
+/// be guessed; this bounds the work a guesser makes the registry do.
+const MAX_FAILED_AUTH: u32 = 20;
+
+/// The window over which failed authentications are counted, from the first.
+const FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// A token the caller provided (checked), or a new one.
 fn provided_or_new(
