@@ -4,6 +4,6 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    market_web::cli::init_logging();
+    daemon::init_logging();
     market_web::cli::run(market_web::cli::Cli::parse()).await
 }

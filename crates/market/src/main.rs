@@ -74,15 +74,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.daemon {
         Some(Daemon::Registryd(cli)) => {
-            registryd::cli::init_logging();
+            daemon::init_logging();
             runtime.block_on(registryd::cli::run(cli))
         }
         Some(Daemon::RatingsServer(cli)) => {
-            ratings_server::cli::init_logging();
+            daemon::init_logging();
             runtime.block_on(ratings_server::cli::run(cli))
         }
         Some(Daemon::MarketWeb(cli)) => {
-            market_web::cli::init_logging();
+            daemon::init_logging();
             runtime.block_on(market_web::cli::run(cli))
         }
         None => runtime.block_on(supervise::demo(cli.demo)),

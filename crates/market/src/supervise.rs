@@ -175,7 +175,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     match result {
         Ok(banner) => {
             println!("{banner}");
-            wait_for_signal().await;
+            daemon::shutdown_signal().await;
             println!(
                 "\nStopping: ratings instances first (they deregister), then the shop and the registry."
             );
@@ -308,10 +308,6 @@ async fn start(
     }
     banner.push_str("\nCtrl-C stops everything.");
     Ok(banner)
-}
-
-async fn wait_for_signal() {
-    market_web::cli::shutdown_signal().await;
 }
 
 #[cfg(test)]

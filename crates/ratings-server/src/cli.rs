@@ -8,7 +8,6 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use registry_client::{Registration, RegistrationConfig, Registries};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// The ratings microservice.
 ///
@@ -96,17 +95,6 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 struct Plan {
     id: String,
     listen: SocketAddr,
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Runs the instances as the command line says, until SIGINT or SIGTERM.
@@ -203,18 +191,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    daemon::shutdown_signal().await;
     tracing::info!("shutting down: deregistering, then finishing calls in flight");
 }

@@ -4,6 +4,6 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ratings_server::cli::init_logging();
+    daemon::init_logging();
     ratings_server::cli::run(ratings_server::cli::Cli::parse()).await
 }

@@ -5,7 +5,6 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use crate::{MemoryStore, MemoryStoreConfig, ServeConfig, admin_token};
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// The registry daemon: a catalog of services and the live instances of each.
 ///
@@ -75,17 +74,6 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
         .context("no per-user state folder is known here; pass --data-dir")
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Runs `registryd` as the command line says, until SIGINT or SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.progress_interval.is_zero() || cli.progress_interval > Duration::from_secs(3600) {
@@ -135,7 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
             tracing::info!(%addr, store = "memory", data_dir = %data_dir.display(), "registryd listening on {addr}");
-            crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+            crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
         }
         StoreKind::Etcd => serve_on_etcd(&cli, config, listener, addr).await?,
     }
@@ -157,7 +145,7 @@ async fn serve_on_etcd(
     .await
     .with_context(|| format!("cannot reach etcd at {}", cli.etcd_endpoints.join(",")))?;
     tracing::info!(%addr, store = "etcd", endpoints = %cli.etcd_endpoints.join(","), prefix = %cli.etcd_prefix, "registryd listening on {addr}");
-    crate::serve(Arc::new(store), config, listener, shutdown_signal()).await?;
+    crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
     Ok(())
 }
 
@@ -173,19 +161,8 @@ async fn serve_on_etcd(
     )
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the registry");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// SIGINT or SIGTERM, logged.
+async fn shutting_down() {
+    daemon::shutdown_signal().await;
     tracing::info!("shutting down");
 }

@@ -4,6 +4,6 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    registryd::cli::init_logging();
+    daemon::init_logging();
     registryd::cli::run(registryd::cli::Cli::parse()).await
 }
