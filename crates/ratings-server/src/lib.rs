@@ -12,7 +12,7 @@ use std::{future::Future, time::Duration};
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// The ratings served, in tenths of a star, by item id.
@@ -134,12 +134,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(market_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(conn) = &conn {
-            let _ = conn.set_nodelay(true);
-        }
-        conn
-    });
+    // Small messages both ways: do not wait to fill a segment.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Explicit limits: no call takes longer than this to answer, and one
         // connection cannot hold more than this many calls at once.

@@ -2,11 +2,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
 use market_proto::registry::v1::registry_server::RegistryServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{api::RegistryApi, store::Store};
 
@@ -61,13 +60,8 @@ pub async fn serve<S: Store>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(conn) = &conn {
-            // Small messages both ways: do not wait to fill a segment.
-            let _ = conn.set_nodelay(true);
-        }
-        conn
-    });
+    // Small messages both ways: do not wait to fill a segment.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Explicit limits: a registry's requests are small, and one
         // connection cannot hold more than this many calls at once.

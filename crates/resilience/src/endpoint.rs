@@ -92,17 +92,21 @@ where
 
     fn call(&mut self, attempt: Attempt<Req>) -> Self::Future {
         let _ = attempt.taken_by.set(self.label.clone());
-        let index = self
-            .endpoints
-            .upgrade()
-            .and_then(|endpoints| endpoints.position(&self.label))
-            .map_or(0, |i| i + 1);
-        tracing::info!(
-            service = %self.label.service,
-            instance = %self.label.instance,
-            address = %self.label.address,
-            "{} using instance {index}: {}", self.label.service, self.label.address
-        );
+        // The instance's place in the address-sorted list is worked out only
+        // when the line is logged: it takes a lock and a scan.
+        if tracing::enabled!(tracing::Level::INFO) {
+            let index = self
+                .endpoints
+                .upgrade()
+                .and_then(|endpoints| endpoints.position(&self.label))
+                .map_or(0, |i| i + 1);
+            tracing::info!(
+                service = %self.label.service,
+                instance = %self.label.instance,
+                address = %self.label.address,
+                "{} using instance {index}: {}", self.label.service, self.label.address
+            );
+        }
         let mut request = tonic::Request::new(attempt.request);
         request.set_timeout(
             attempt

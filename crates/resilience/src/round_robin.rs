@@ -139,6 +139,33 @@ mod tests {
 
     use super::*;
 
+    type Handles = Vec<(&'static str, mock::Handle<&'static str, &'static str>)>;
+
+    /// Makes `n` calls; returns which instance took each.
+    async fn rotate<D>(
+        rr: &mut RoundRobin<D, &'static str>,
+        handles: &mut Handles,
+        n: usize,
+    ) -> Vec<&'static str>
+    where
+        D: Discover<Key = &'static str, Service = mock::Mock<&'static str, &'static str>> + Unpin,
+        D::Error: Into<BoxError>,
+    {
+        let mut order = Vec::new();
+        for _ in 0..n {
+            rr.ready().await.unwrap();
+            let response = rr.call("camera");
+            for (key, handle) in handles.iter_mut() {
+                if let std::task::Poll::Ready(Some((_, reply))) = handle.poll_request() {
+                    order.push(*key);
+                    reply.send_response("45");
+                }
+            }
+            response.await.unwrap();
+        }
+        order
+    }
+
     #[tokio::test]
     async fn rotates_in_key_order_and_skips_instances_not_ready() {
         let mut handles = Vec::new();
@@ -154,18 +181,7 @@ mod tests {
         let discover = Box::pin(futures::stream::iter(changes).chain(futures::stream::pending()));
         let mut rr = RoundRobin::new(discover);
 
-        let mut order = Vec::new();
-        for _ in 0..6 {
-            rr.ready().await.unwrap();
-            let response = rr.call("camera");
-            for (key, handle) in &mut handles {
-                if let std::task::Poll::Ready(Some((_, reply))) = handle.poll_request() {
-                    order.push(*key);
-                    reply.send_response("45");
-                }
-            }
-            response.await.unwrap();
-        }
+        let order = rotate(&mut rr, &mut handles, 6).await;
         assert_eq!(order, ["a", "b", "c", "a", "b", "c"]);
 
         // b stops being ready. It already promised one call (tower's readiness
@@ -176,18 +192,7 @@ mod tests {
             .unwrap()
             .1
             .allow(0);
-        let mut order = Vec::new();
-        for _ in 0..7 {
-            rr.ready().await.unwrap();
-            let response = rr.call("camera");
-            for (key, handle) in &mut handles {
-                if let std::task::Poll::Ready(Some((_, reply))) = handle.poll_request() {
-                    order.push(*key);
-                    reply.send_response("45");
-                }
-            }
-            response.await.unwrap();
-        }
+        let order = rotate(&mut rr, &mut handles, 7).await;
         assert_eq!(order, ["a", "b", "c", "a", "c", "a", "c"]);
     }
 }
