@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use fantoccini::{ClientBuilder, Locator, wd::Capabilities};
+use fantoccini::{Client, ClientBuilder, Locator, wd::Capabilities};
 use test_support::Proc;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -29,6 +29,40 @@ fn target_dir() -> PathBuf {
         .nth(3)
         .map(Path::to_path_buf)
         .expect("target/<profile>/deps/<test>")
+}
+
+/// Clicks a form's button and waits until the browser has replaced the page
+/// with the server's answer. A click returns as soon as it is dispatched, so
+/// reading the page right after it can still read the old one.
+async fn submit(browser: &Client, button: &str) {
+    let old_page = browser.find(Locator::Css("html")).await.expect("a page");
+    browser
+        .find(Locator::Css(button))
+        .await
+        .unwrap_or_else(|error| panic!("{button}: {error}"))
+        .click()
+        .await
+        .expect("click");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match old_page.tag_name().await {
+            Err(error) if error.is_stale_element_reference() => break,
+            Err(error) => panic!("waiting for the next page: {error}"),
+            Ok(_) => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new page within 10 s of clicking {button}"
+        );
+        // WebDriver has no navigation event to wait on; the old page is polled.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("footer"))
+        .await
+        .expect("the next page");
 }
 
 #[tokio::test]
@@ -93,13 +127,7 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
     );
 
     for item in ["camera", "basketball"] {
-        browser
-            .find(Locator::Css(&format!("button[name=addCart][value={item}]")))
-            .await
-            .expect("an Add to Cart button")
-            .click()
-            .await
-            .expect("click");
+        submit(&browser, &format!("button[name=addCart][value={item}]")).await;
         let message = browser
             .find(Locator::Css(".message"))
             .await
@@ -123,19 +151,7 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
         screenshot.len()
     );
 
-    browser
-        .find(Locator::Css("button[name=checkout]"))
-        .await
-        .expect("a Checkout button")
-        .click()
-        .await
-        .expect("click");
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(".empty"))
-        .await
-        .expect("the page after checking out");
+    submit(&browser, "button[name=checkout]").await;
     let message = browser
         .find(Locator::Css(".message"))
         .await
