@@ -1,6 +1,10 @@
 //! What every binary of the market does the same way: log to stderr
-//! (filtered by `RUST_LOG`, colour only on a terminal), and stop on SIGINT
-//! (Ctrl-C) or SIGTERM.
+//! (filtered by `RUST_LOG`, colour only on a terminal), stop on SIGINT
+//! (Ctrl-C) or SIGTERM, and take their gRPC TLS settings from one folder.
+
+pub mod tls;
+
+pub use tls::{Tls, TlsArgs, TlsError};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

@@ -46,6 +46,13 @@ pub struct Cli {
     /// The client policy, overriding the contract's.
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    /// TLS for the calls to the registry and the ratings instances (the
+    /// shop's own HTTP is plaintext; put it behind the TLS proxy or ingress
+    /// that serves the site). --mtls has no effect here: the shop serves no
+    /// gRPC, and always presents its certificate when asked.
+    #[command(flatten)]
+    pub tls: daemon::TlsArgs,
 }
 
 /// The client policy; each default comes from the ratings contract.
@@ -165,7 +172,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let token = cli.token.as_deref().context(
             "no registry token: pass --token or set REGISTRY_TOKEN to the ratings service's token or consumer token",
         )?;
-        let registries = Registries::new(&cli.registry, token)?;
+        let tls = cli.tls.load()?;
+        let mode = daemon::tls::describe(tls.as_ref());
+        tracing::info!(tls = mode, "gRPC TLS: {mode}");
+        let registries =
+            Registries::with_tls(&cli.registry, token, tls.as_ref().map(daemon::Tls::client))?;
         let client = RatingsClient::discover(registries, policy)?;
         // Serve once the registry has listed the instances, so the first page
         // has its ratings; but not later than this, since an unreachable

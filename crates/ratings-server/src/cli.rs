@@ -71,6 +71,11 @@ pub struct Cli {
     /// Fraction of calls, 0 to 1, answered UNAVAILABLE (fault injection).
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub fail_rate: f64,
+
+    /// TLS for the gRPC listener and the calls to the registry; the address
+    /// registered is then https://.
+    #[command(flatten)]
+    pub tls: daemon::TlsArgs,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -106,9 +111,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "--listen, --advertise and --instance-id name one instance; they cannot be used with --count"
         );
     }
+    let tls = cli.tls.load()?;
+    let mode = daemon::tls::describe(tls.as_ref());
+    tracing::info!(tls = mode, "gRPC TLS: {mode}");
     let registries = match (&cli.token, cli.no_register) {
         (_, true) => None,
-        (Some(token), false) => Some(Registries::new(&cli.registry, token)?),
+        (Some(token), false) => Some(Registries::with_tls(
+            &cli.registry,
+            token,
+            tls.as_ref().map(daemon::Tls::client),
+        )?),
         (None, false) => bail!(
             "no registry token: pass --token or set REGISTRY_TOKEN to the `ratings` service token \
              (from `registryctl create-service ratings`), or pass --no-register"
@@ -146,13 +158,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "listening on {addr}: pass --advertise with the address consumers should call"
                 )
             }
+            None if tls.is_some() => format!("https://{addr}"),
             None => format!("http://{addr}"),
         };
         tracing::info!(instance = %plan.id, %addr, "listening on port {}", addr.port());
         let service = RatingsService::new(plan.id.clone(), faults);
-        servers.push(tokio::spawn(crate::serve(
+        servers.push(tokio::spawn(crate::serve_with_tls(
             service,
             listener,
+            tls.as_ref().map(daemon::Tls::server),
             shutdown.clone().cancelled_owned(),
         )));
         if let Some(registries) = &registries {

@@ -12,7 +12,7 @@ use std::{future::Future, time::Duration};
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{ServerTlsConfig, server::TcpIncoming};
 use tonic::{Request, Response, Status};
 
 /// The ratings served, in tenths of a star, by item id.
@@ -128,6 +128,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_tls(service, listener, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given.
+pub async fn serve_with_tls(
+    service: RatingsService,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RatingsServer<RatingsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -136,7 +146,11 @@ pub async fn serve(
         .build_v1()?;
     // Small messages both ways: do not wait to fill a segment.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         // Explicit limits: no call takes longer than this to answer, and one
         // connection cannot hold more than this many calls at once.
         .timeout(CALL_TIMEOUT)

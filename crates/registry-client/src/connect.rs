@@ -12,7 +12,7 @@ use market_proto::registry::v1::registry_client;
 use tonic::{
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
 /// Why a client could not be set up.
@@ -32,6 +32,20 @@ pub enum ConfigError {
     /// The token has characters that cannot go into a header.
     #[error("the token has characters that cannot be sent in a header: {0}")]
     BadToken(#[from] InvalidMetadataValue),
+    /// A plaintext registry address while TLS is on.
+    #[error("TLS is on but the registry address {0:?} is plaintext; use https://host:port")]
+    PlaintextWithTls(String),
+    /// An https registry address while TLS is off.
+    #[error("the registry address {0:?} needs TLS; pass --tls-dir (or use http://)")]
+    TlsWithoutConfig(String),
+    /// The TLS settings do not apply to an address.
+    #[error("cannot use TLS with the registry at {address:?}: {why}")]
+    Tls {
+        /// The address as given.
+        address: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -70,21 +84,40 @@ pub type RegistryClient = registry_client::RegistryClient<InterceptedService<Cha
 
 /// The registry replicas a client may use, tried in order: a failure moves
 /// the client on to the next one.
+///
+/// The same TLS settings, if any, are meant for the instances the client
+/// finds there: see [`Registries::tls`].
 #[derive(Debug, Clone)]
 pub struct Registries {
     channels: Arc<[(String, Channel)]>,
     current: Arc<AtomicUsize>,
     token: BearerToken,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Registries {
     /// Parses addresses (`http://host:port`; `host:port` is taken as http) and
-    /// prepares lazily connected channels to each.
+    /// prepares lazily connected plaintext channels to each.
     pub fn new<I, A>(addresses: I, token: &str) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = A>,
         A: AsRef<str>,
     {
+        Self::with_tls(addresses, token, None)
+    }
+
+    /// Like [`Registries::new`], over TLS when `tls` is given: then every
+    /// address must be `https://host:port` (`host:port` is taken as https).
+    pub fn with_tls<I, A>(
+        addresses: I,
+        token: &str,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<str>,
+    {
+        let default_scheme = if tls.is_some() { "https" } else { "http" };
         let channels = addresses
             .into_iter()
             .map(|address| {
@@ -92,13 +125,28 @@ impl Registries {
                 let uri = if address.contains("://") {
                     address.to_owned()
                 } else {
-                    format!("http://{address}")
+                    format!("{default_scheme}://{address}")
                 };
-                let endpoint =
+                let mut endpoint =
                     Endpoint::from_shared(uri.clone()).map_err(|e| ConfigError::BadAddress {
                         address: address.to_owned(),
                         why: e.to_string(),
                     })?;
+                let secure = endpoint.uri().scheme_str() == Some("https");
+                match (&tls, secure) {
+                    (Some(tls), true) => {
+                        endpoint =
+                            endpoint
+                                .tls_config(tls.clone())
+                                .map_err(|e| ConfigError::Tls {
+                                    address: address.to_owned(),
+                                    why: e.to_string(),
+                                })?;
+                    }
+                    (Some(_), false) => return Err(ConfigError::PlaintextWithTls(uri)),
+                    (None, true) => return Err(ConfigError::TlsWithoutConfig(uri)),
+                    (None, false) => {}
+                }
                 let channel = endpoint
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
@@ -115,7 +163,14 @@ impl Registries {
             channels: channels.into(),
             current: Arc::new(AtomicUsize::new(0)),
             token: BearerToken::new(token)?,
+            tls,
         })
+    }
+
+    /// The TLS settings of these channels: `None` for plaintext. A process
+    /// calls the instances it finds with the same settings.
+    pub fn tls(&self) -> Option<&ClientTlsConfig> {
+        self.tls.as_ref()
     }
 
     /// A client of the replica in use, and its address.

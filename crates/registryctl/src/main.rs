@@ -47,6 +47,11 @@ struct Cli {
     #[arg(long, env = "REGISTRY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 
+    /// Call the registry over TLS, trusting `ca.crt` and presenting
+    /// `tls.crt`/`tls.key` from DIR (as registryd's --tls-dir).
+    #[arg(long, env = "MARKET_TLS_DIR", value_name = "DIR", global = true)]
+    tls_dir: Option<PathBuf>,
+
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -102,6 +107,20 @@ enum Command {
 }
 
 impl Cli {
+    /// The registry replicas, called with `token`.
+    fn registries(&self, token: &str) -> anyhow::Result<Registries> {
+        let tls = self
+            .tls_dir
+            .as_deref()
+            .map(|dir| daemon::Tls::from_dir(dir, false))
+            .transpose()?;
+        Ok(Registries::with_tls(
+            &self.registry,
+            token,
+            tls.as_ref().map(daemon::Tls::client),
+        )?)
+    }
+
     fn admin_token(&self) -> anyhow::Result<String> {
         if let Some(token) = &self.admin_token {
             return Ok(token.clone());
@@ -203,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
             consumer_token_env,
             if_missing,
         } => {
-            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let registries = cli.registries(&cli.admin_token()?)?;
             let from_env = |var: &Option<String>| -> anyhow::Result<String> {
                 match var {
                     Some(var) => std::env::var(var).with_context(|| format!("{var} is not set")),
@@ -243,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::DeleteService { name } => {
-            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let registries = cli.registries(&cli.admin_token()?)?;
             let request = pb::DeleteServiceRequest { name: name.clone() };
             let deleted = call(&registries, |mut c| {
                 let request = request.clone();
@@ -262,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Services => {
-            let registries = Registries::new(&cli.registry, &cli.admin_token()?)?;
+            let registries = cli.registries(&cli.admin_token()?)?;
             let listed = call(&registries, |mut c| async move {
                 c.list_services(pb::ListServicesRequest {}).await
             })
@@ -282,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Instances { service } => {
-            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let registries = cli.registries(&cli.read_token()?)?;
             let request = pb::ResolveRequest {
                 service: service.clone(),
             };
@@ -308,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Watch { service, since } => {
-            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let registries = cli.registries(&cli.read_token()?)?;
             let (mut client, _) = registries.client();
             let request = pb::WatchRequest {
                 service: service.clone(),
@@ -329,7 +348,7 @@ async fn main() -> anyhow::Result<()> {
             service,
             instance_id,
         } => {
-            let registries = Registries::new(&cli.registry, &cli.read_token()?)?;
+            let registries = cli.registries(&cli.read_token()?)?;
             let request = pb::DeregisterRequest {
                 lease_id: 0,
                 service: service.clone(),

@@ -55,6 +55,10 @@ pub struct Cli {
     /// can share one cluster (with --store etcd).
     #[arg(long, default_value = "/market-registry")]
     pub etcd_prefix: String,
+
+    /// TLS for the gRPC listener.
+    #[command(flatten)]
+    pub tls: daemon::TlsArgs,
 }
 
 /// `--store`.
@@ -106,13 +110,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
 
+    let tls = cli.tls.load()?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
+    let mode = daemon::tls::describe(tls.as_ref());
+    tracing::info!(tls = mode, "gRPC TLS: {mode}");
     let config = ServeConfig {
         admin_token,
         progress_every: cli.progress_interval,
+        tls: tls.as_ref().map(daemon::Tls::server),
     };
     match cli.store {
         StoreKind::Memory => {

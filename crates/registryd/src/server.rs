@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use market_proto::registry::v1::registry_server::RegistryServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{ServerTlsConfig, server::TcpIncoming};
 
 use crate::{api::RegistryApi, store::Store};
 
@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub admin_token: String,
     /// How often an idle watch stream gets a progress message.
     pub progress_every: Duration,
+    /// TLS for the listener; plaintext when `None`.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// Why the server stopped with an error.
@@ -62,7 +64,11 @@ pub async fn serve<S: Store>(
 
     // Small messages both ways: do not wait to fill a segment.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         // Explicit limits: a registry's requests are small, and one
         // connection cannot hold more than this many calls at once.
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)

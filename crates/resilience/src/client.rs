@@ -14,7 +14,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tower::{
     BoxError, Service, ServiceExt as _,
     balance::p2c::Balance as P2c,
@@ -174,8 +174,9 @@ where
     Req: Clone + Send + Sync + 'static,
     Resp: Send + 'static,
 {
-    /// A client of `service` that finds its instances through the registry.
-    /// Call it inside a Tokio runtime.
+    /// A client of `service` that finds its instances through the registry,
+    /// and calls them with the registry's TLS settings (plaintext when it has
+    /// none). Call it inside a Tokio runtime.
     pub fn discover<F, Fut>(
         service: &str,
         registries: Registries,
@@ -186,8 +187,9 @@ where
         F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
     {
+        let tls = registries.tls().cloned();
         let watcher = Watcher::spawn(registries, WatchConfig::new(service));
-        Self::new(service, watcher, policy, method)
+        Self::with_tls(service, watcher, policy, tls, method)
     }
 
     /// A client of `service` whose instances come from `updates` (for
@@ -196,6 +198,24 @@ where
         service: &str,
         updates: U,
         policy: Policy,
+        method: F,
+    ) -> Result<Self, PolicyError>
+    where
+        U: Stream<Item = WatchUpdate> + Send + 'static,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
+    {
+        Self::with_tls(service, updates, policy, None, method)
+    }
+
+    /// Like [`Client::new`], calling the instances over TLS with `tls`: then
+    /// only `https://` instances are called (plaintext ones are ignored, with
+    /// a warning), and without it only `http://` ones.
+    pub fn with_tls<U, F, Fut>(
+        service: &str,
+        updates: U,
+        policy: Policy,
+        tls: Option<ClientTlsConfig>,
         method: F,
     ) -> Result<Self, PolicyError>
     where
@@ -215,6 +235,7 @@ where
             Discovery {
                 service: service.clone(),
                 policy,
+                tls,
                 method,
                 endpoints: endpoints.clone(),
                 changes,
@@ -414,6 +435,7 @@ fn is_retryable(error: &BoxError) -> bool {
 struct Discovery<Req, Resp> {
     service: Arc<str>,
     policy: Policy,
+    tls: Option<ClientTlsConfig>,
     method: Method<Req, Resp>,
     endpoints: Arc<Endpoints<Req, Resp>>,
     changes: mpsc::UnboundedSender<ChangeOf<Req, Resp>>,
@@ -471,18 +493,38 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
+    /// A lazily connected channel to an instance's address, over TLS when
+    /// the client has TLS settings, or why there can be none.
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+            .map_err(|error| format!("its address is unusable: {error}"))?
+            .connect_timeout(self.policy.timeout)
+            .tcp_nodelay(true);
+        let secure = endpoint.uri().scheme_str() == Some("https");
+        let endpoint = match (&self.tls, secure) {
+            (Some(tls), true) => endpoint
+                .tls_config(tls.clone())
+                .map_err(|error| format!("TLS does not apply to its address: {error}"))?,
+            (Some(_), false) => {
+                return Err("its address is plaintext and this client calls over TLS only".into());
+            }
+            (None, true) => {
+                return Err("its address needs TLS and this client has no TLS settings".into());
+            }
+            (None, false) => endpoint,
+        };
+        Ok(endpoint.connect_lazy())
+    }
+
     /// Builds the stacks of a new instance and records it.
     fn endpoint(
         &self,
         instance: &registry_client::Instance,
     ) -> Option<(EndpointKey, Balanced<Req, Resp>)> {
-        let channel = match tonic::transport::Endpoint::from_shared(instance.address.clone()) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(self.policy.timeout)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-            Err(error) => {
-                tracing::warn!(service = %self.service, instance = %instance.id, address = %instance.address, %error, "ignoring an instance with an unusable address");
+        let channel = match self.channel(&instance.address) {
+            Ok(channel) => channel,
+            Err(why) => {
+                tracing::warn!(service = %self.service, instance = %instance.id, address = %instance.address, "ignoring instance {}: {why}", instance.id);
                 return None;
             }
         };

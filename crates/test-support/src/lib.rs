@@ -22,9 +22,11 @@ use tokio::{
 
 mod daemons;
 mod etcd;
+mod pki;
 
 pub use daemons::{Cluster, Ratings, Registry, StoreKind, Web};
 pub use etcd::Etcd;
+pub use pki::Pki;
 
 /// How long a test waits for a process to print what it should, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
