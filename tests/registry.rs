@@ -892,6 +892,21 @@ async fn failed_authentication_is_rate_limited_per_peer(store: StoreKind) {
         .await;
 }
 
+/// A paused (SIGSTOP) instance holds its HTTP/2 connection to the registry
+/// and never acknowledges the registry's GOAWAY: the registry still stops
+/// within its drain time instead of waiting for the instance to run again.
+async fn a_paused_client_cannot_keep_the_registry_from_stopping(store: StoreKind) {
+    let mut cluster = setup(store, &[]).await;
+    let ratings = cluster.ratings(1, &["--ttl", "30s"]).await;
+    ratings.proc.signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    cluster.stop_registry().await;
+    let took = started.elapsed();
+    eprintln!("FIGURE registryd ({store:?}) stopped {took:?} after SIGTERM with a paused client");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    ratings.proc.signal(Signal::SIGCONT);
+}
+
 /// Runs each test on both stores: `memory::name` and `etcd::name`.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -925,4 +940,5 @@ on_both_stores!(
     provisioned_tokens_work_and_create_service_can_be_idempotent,
     deleting_a_service_tells_its_watchers_then_ends_them,
     failed_authentication_is_rate_limited_per_peer,
+    a_paused_client_cannot_keep_the_registry_from_stopping,
 );

@@ -34,3 +34,37 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Runs a server until `shutdown` resolves, then gives it at most `drain` to
+/// finish the calls in flight.
+///
+/// `serve` builds the server with the future it is given as its own
+/// shutdown signal: that fires when `shutdown` does, and the server stops
+/// accepting and finishes its calls. Connections still open after `drain`
+/// are dropped with the server: a client that stopped reading, or a paused
+/// process holding an HTTP/2 connection (which never acknowledges the
+/// server's GOAWAY), must not keep a daemon from stopping.
+pub async fn serve_with_drain<F, E>(
+    serve: impl FnOnce(tokio_util::sync::WaitForCancellationFutureOwned) -> F,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: std::time::Duration,
+) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = serve(stop.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown => {}
+    }
+    stop.cancel();
+    match tokio::time::timeout(drain, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("connections still open {drain:?} after shutdown began; closing them");
+            Ok(())
+        }
+    }
+}

@@ -9,8 +9,12 @@
 //! `market ratings-server …`, `market market-web …`), which is how the demo
 //! starts its processes: `cargo run --release --bin market` builds one binary
 //! and everything runs from it.
+//!
+//! `market chaos` runs the same topology under random faults and checks that
+//! the shop kept its promises.
 #![allow(clippy::print_stdout)]
 
+mod chaos;
 mod supervise;
 
 use std::net::SocketAddr;
@@ -29,7 +33,7 @@ struct Cli {
     demo: DemoArgs,
 }
 
-/// Runs one daemon, as its own binary would.
+/// Runs one daemon, as its own binary would, or the chaos soak.
 #[derive(Debug, Subcommand)]
 enum Daemon {
     /// The registry daemon (same options as `registryd`).
@@ -38,6 +42,10 @@ enum Daemon {
     RatingsServer(ratings_server::cli::Cli),
     /// The shop (same options as `market-web`).
     MarketWeb(market_web::cli::Cli),
+    /// The demo under random faults for a while, then checks: no 5xx, every
+    /// rating shown once known, page latency, no stale registrations, steady
+    /// memory, no panics. Fails when one of them broke.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// How the demo runs.
@@ -84,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         Some(Daemon::MarketWeb(cli)) => {
             daemon::init_logging();
             runtime.block_on(market_web::cli::run(cli))
+        }
+        Some(Daemon::Chaos(args)) => {
+            daemon::init_logging();
+            runtime.block_on(chaos::run(args))
         }
         None => runtime.block_on(supervise::demo(cli.demo)),
     }

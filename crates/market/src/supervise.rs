@@ -5,7 +5,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,11 +30,21 @@ const KEPT_LINES: usize = 256;
 const READY: Duration = Duration::from_secs(30);
 
 /// One process of the demo, with what it printed.
-struct Proc {
-    name: String,
+pub(crate) struct Proc {
+    pub(crate) name: String,
     child: Child,
     lines: Arc<Mutex<VecDeque<String>>>,
     printed: Arc<Notify>,
+    panics: Arc<AtomicUsize>,
+}
+
+/// What becomes of a process's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Shown on stderr behind the process's name.
+    Echo,
+    /// Only scanned, for readiness and panics.
+    Quiet,
 }
 
 impl Proc {
@@ -39,11 +52,28 @@ impl Proc {
     /// reaches only the demo, which then stops everything in order), with its
     /// output shown behind its name.
     fn spawn(exe: &PathBuf, name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = Command::new(exe)
+        Self::start(exe, name, args, Output::Echo, None)
+    }
+
+    /// Like [`Proc::spawn`], with its output `shown` or not and, when
+    /// given, `RUST_LOG` set to `log`.
+    pub(crate) fn start(
+        exe: &PathBuf,
+        name: &str,
+        args: &[String],
+        shown: Output,
+        log: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(exe);
+        if let Some(log) = log {
+            command.env("RUST_LOG", log);
+        }
+        let mut child = command
             .args(args)
             .env_remove("REGISTRY_TOKEN")
             .env_remove("REGISTRY_ADMIN_TOKEN")
             .env_remove("REGISTRY_ADDR")
+            .env_remove("MARKET_TLS_DIR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -53,6 +83,7 @@ impl Proc {
             .with_context(|| format!("cannot start {name}"))?;
         let lines = Arc::new(Mutex::new(VecDeque::new()));
         let printed = Arc::new(Notify::new());
+        let panics = Arc::new(AtomicUsize::new(0));
         let outputs = [
             child
                 .stdout
@@ -64,11 +95,22 @@ impl Proc {
                 .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
         ];
         for output in outputs.into_iter().flatten() {
-            let (lines, printed, label) = (lines.clone(), printed.clone(), format!("{name:>10} |"));
+            let (lines, printed, panics, label) = (
+                lines.clone(),
+                printed.clone(),
+                panics.clone(),
+                format!("{name:>10} |"),
+            );
             tokio::spawn(async move {
                 let mut reader = BufReader::new(output).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
-                    eprintln!("{label} {line}");
+                    if shown == Output::Echo {
+                        eprintln!("{label} {line}");
+                    }
+                    if line.contains("panicked at") {
+                        eprintln!("{label} {line}");
+                        panics.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
                     // Only the start-up lines are needed; keep memory bounded.
                     if lines.len() == KEPT_LINES {
@@ -84,15 +126,37 @@ impl Proc {
             child,
             lines,
             printed,
+            panics,
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or_default()
     }
 
+    /// How many panics it has reported so far.
+    pub(crate) fn panics(&self) -> usize {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Sends it `signal`; a process that is gone already is not an error.
+    pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Waits until it has exited, at most `timeout`.
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {timeout:?}", self.name))?
+            .with_context(|| format!("cannot wait for {}", self.name))?;
+        Ok(())
+    }
+
     /// Waits for a line containing `needle` and returns it.
-    async fn ready(&mut self, needle: &str) -> anyhow::Result<String> {
+    pub(crate) async fn ready(&mut self, needle: &str) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + READY;
         loop {
             let printed = self.printed.notified();
@@ -117,12 +181,10 @@ impl Proc {
     }
 
     /// Asks it to stop (SIGTERM) and waits until it did.
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-            // A paused instance cannot act on SIGTERM until it runs again.
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
-        }
+    pub(crate) async fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        // A paused instance cannot act on SIGTERM until it runs again.
+        self.signal(Signal::SIGCONT);
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .is_err()
@@ -134,14 +196,14 @@ impl Proc {
 }
 
 /// The address in a `… listening on 127.0.0.1:7000 …` or `… http://127.0.0.1:5000` line.
-fn address_in(line: &str) -> Option<SocketAddr> {
+pub(crate) fn address_in(line: &str) -> Option<SocketAddr> {
     line.split_whitespace()
         .filter_map(|word| word.trim_start_matches("http://").parse().ok())
         .next()
 }
 
 /// The port in a `listening on port 8001` line.
-fn port_in(line: &str) -> Option<u16> {
+pub(crate) fn port_in(line: &str) -> Option<u16> {
     line.split("listening on port ")
         .nth(1)?
         .split_whitespace()

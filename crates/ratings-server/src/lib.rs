@@ -107,6 +107,9 @@ pub const MAX_MESSAGE: usize = 4 * 1024;
 /// with `--delay`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long, at shutdown, calls in flight may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Calls in flight on one connection before further ones wait.
 const MAX_CALLS_PER_CONNECTION: usize = 1024;
 
@@ -150,21 +153,27 @@ pub async fn serve_with_tls(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    server
+    let router = server
         // Explicit limits: no call takes longer than this to answer, and one
         // connection cannot hold more than this many calls at once.
         .timeout(CALL_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            health
-                .set_not_serving::<RatingsServer<RatingsService>>()
-                .await;
-        })
-        .await?;
+        .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE));
+    daemon::serve_with_drain(
+        |stop| {
+            router.serve_with_incoming_shutdown(incoming, async move {
+                stop.await;
+                health
+                    .set_not_serving::<RatingsServer<RatingsService>>()
+                    .await;
+            })
+        },
+        shutdown,
+        DRAIN_TIMEOUT,
+    )
+    .await?;
     Ok(())
 }
 

@@ -13,6 +13,9 @@ use crate::{api::RegistryApi, store::Store};
 /// metadata is about 5 KiB. A larger one is refused with OUT_OF_RANGE.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
+/// How long, at shutdown, calls in flight may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Calls in flight on one connection before further ones wait.
 const MAX_CALLS_PER_CONNECTION: usize = 256;
 
@@ -68,20 +71,26 @@ pub async fn serve<S: Store>(
     if let Some(tls) = config.tls {
         server = server.tls_config(tls)?;
     }
-    server
+    let router = server
         // Explicit limits: a registry's requests are small, and one
         // connection cannot hold more than this many calls at once.
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            health
-                .set_not_serving::<RegistryServer<RegistryApi<S>>>()
-                .await;
-            closing.cancel();
-        })
-        .await?;
+        .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE));
+    daemon::serve_with_drain(
+        |stop| {
+            router.serve_with_incoming_shutdown(incoming, async move {
+                stop.await;
+                health
+                    .set_not_serving::<RegistryServer<RegistryApi<S>>>()
+                    .await;
+                closing.cancel();
+            })
+        },
+        shutdown,
+        DRAIN_TIMEOUT,
+    )
+    .await?;
     Ok(())
 }
