@@ -196,6 +196,46 @@ async fn a_forged_session_cookie_gets_no_cart() {
         let body = page(&router, Some(&bad)).await;
         assert!(body.contains("Your cart is currently empty."), "{bad}");
     }
+    // The real cart is untouched by the forgeries.
+    assert!(
+        !page(&router, Some(&cookie))
+            .await
+            .contains("Your cart is currently empty.")
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_replayed_to_another_shop_process_gets_no_cart_and_cannot_post() {
+    // A restarted shop signs with a new key: yesterday's cookie, or one
+    // captured from another replica, names no session there.
+    let before = monolith();
+    let cookie = post_form(&before, "addCart=camera", None).await;
+    let (_, old_token) = visit(&before, Some(&cookie)).await;
+    let after = monolith();
+    let reply = send(&after, get("/", Some(&cookie))).await;
+    assert!(reply.body.contains("Your cart is currently empty."));
+    assert!(
+        reply.headers.contains_key(header::SET_COOKIE),
+        "a new session is offered"
+    );
+    // Its old page's form is refused too, and changes nothing.
+    let refused = send(
+        &after,
+        post(&format!("csrf={old_token}&addCart=football"), Some(&cookie)),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        page(&after, Some(&cookie))
+            .await
+            .contains("Your cart is currently empty.")
+    );
+    assert!(
+        !page(&before, Some(&cookie))
+            .await
+            .contains("Your cart is currently empty."),
+        "the cart is still there on the shop that made it"
+    );
 }
 
 #[tokio::test]
