@@ -36,6 +36,10 @@ const ITEMS: [&str; 4] = ["basketball", "briefcase", "camera", "football"];
 /// expires leases within milliseconds; this leaves room for a loaded machine.
 const EXPIRY_SLACK: Duration = Duration::from_secs(1);
 
+/// The longest the shop's memory is given to settle under the first faults
+/// before it is the baseline for the end's comparison.
+const SETTLE: Duration = Duration::from_secs(60);
+
 /// The logs the driver needs from its processes: readiness lines, warnings
 /// and panics.
 const LOG: &str = "warn,registryd::cli=info,ratings_server::cli=info,market_web::cli=info,\
@@ -141,7 +145,16 @@ struct Summary {
     faults: BTreeMap<&'static str, usize>,
     events: Vec<Event>,
     web_rss_kib_after_warm_up: u64,
+    /// market-web's resident memory once the first faults have been dealt
+    /// with (a third of the faulty period, at most a minute, into it): the
+    /// baseline the end is compared with.
+    web_rss_kib_settled: u64,
+    /// When that baseline was taken, in seconds since the start of the load.
+    settled_at_s: u64,
     web_rss_kib_at_end: u64,
+    /// market-web's resident memory every 10 s: seconds since the start of
+    /// the load, and KiB.
+    web_rss_kib_samples: Vec<(u64, u64)>,
     /// Instances still listed though dead for longer than their TTL.
     stale_registrations: Vec<String>,
     /// Panics reported in any process's log.
@@ -740,6 +753,25 @@ async fn soak(args: &ChaosArgs, seed: u64, topology: &mut Topology) -> anyhow::R
         args.warm_up,
     ));
 
+    let web_pid = topology.web.pid();
+    let rss_samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn({
+        let samples = rss_samples.clone();
+        async move {
+            let mut every = tokio::time::interval_at(start, Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                let Ok(kib) = rss_kib(web_pid) else {
+                    return;
+                };
+                samples
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push((start.elapsed().as_secs(), kib));
+            }
+        }
+    });
+
     // The warm-up runs on a schedule: nothing to wait on but the clock.
     tokio::time::sleep_until(faults_start).await;
     let rss_after_warm_up = rss_kib(topology.web.pid())?;
@@ -788,6 +820,12 @@ async fn soak(args: &ChaosArgs, seed: u64, topology: &mut Topology) -> anyhow::R
 
     let pages = load.await.context("the load generator panicked")?;
     let rss_at_end = rss_kib(topology.web.pid())?;
+    sampler.abort();
+    let rss_samples = std::mem::take(
+        &mut *rss_samples
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
     // Paused instances run again before the end's checks.
     for (_, action) in undo.drain(..) {
         if let Undo::Resume(id) = action {
@@ -806,7 +844,7 @@ async fn soak(args: &ChaosArgs, seed: u64, topology: &mut Topology) -> anyhow::R
         &pages,
         faults,
         events,
-        (rss_after_warm_up, rss_at_end),
+        (rss_after_warm_up, rss_at_end, rss_samples),
         stale,
         panics,
     ))
@@ -820,7 +858,7 @@ fn summarize(
     pages: &[Page],
     faults: BTreeMap<&'static str, usize>,
     events: Vec<Event>,
-    (rss_after_warm_up, rss_at_end): (u64, u64),
+    (rss_after_warm_up, rss_at_end, rss_samples): (u64, u64, Vec<(u64, u64)>),
     stale: Vec<String>,
     panics: usize,
 ) -> Summary {
@@ -888,11 +926,21 @@ fn summarize(
             stale.join(", ")
         ));
     }
-    let growth = rss_at_end.abs_diff(rss_after_warm_up) as f64 / rss_after_warm_up.max(1) as f64;
+    // The first faults make the shop allocate what it needs to handle them
+    // (new instances' channels, open breakers, error paths); its memory
+    // settles after that, so the end is compared with the memory then.
+    let settle = (args.duration / 3).min(SETTLE);
+    let settled_at = (args.warm_up + settle).as_secs();
+    let (settled_at, settled) = rss_samples
+        .iter()
+        .copied()
+        .find(|(at, _)| *at >= settled_at)
+        .unwrap_or((settled_at, rss_after_warm_up));
+    let growth = rss_at_end.abs_diff(settled) as f64 / settled.max(1) as f64;
     if growth > 0.10 {
         violations.push(format!(
-            "market-web's memory went from {rss_after_warm_up} KiB after the warm-up to {rss_at_end} KiB ({:+.0} %)",
-            (rss_at_end as f64 / rss_after_warm_up.max(1) as f64 - 1.0) * 100.0
+            "market-web's memory went from {settled} KiB at {settled_at} s to {rss_at_end} KiB at the end ({:+.0} %)",
+            (rss_at_end as f64 / settled.max(1) as f64 - 1.0) * 100.0
         ));
     }
     if panics > 0 {
@@ -912,7 +960,10 @@ fn summarize(
         faults,
         events,
         web_rss_kib_after_warm_up: rss_after_warm_up,
+        web_rss_kib_settled: settled,
+        settled_at_s: settled_at,
         web_rss_kib_at_end: rss_at_end,
+        web_rss_kib_samples: rss_samples,
         stale_registrations: stale,
         panics,
         violations,
@@ -945,8 +996,11 @@ fn print(summary: &Summary) {
     }
     println!("  faults: {:?}", summary.faults);
     println!(
-        "  market-web RSS: {} KiB after the warm-up, {} KiB at the end",
-        summary.web_rss_kib_after_warm_up, summary.web_rss_kib_at_end
+        "  market-web RSS: {} KiB after the warm-up, {} KiB at {} s (settled), {} KiB at the end",
+        summary.web_rss_kib_after_warm_up,
+        summary.web_rss_kib_settled,
+        summary.settled_at_s,
+        summary.web_rss_kib_at_end
     );
     println!(
         "  stale registrations: {}; panics: {}",
