@@ -56,8 +56,9 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=2000))]
     rate: u32,
 
-    /// Faulty seconds between two faults, on average.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// The mean time between two faults (each gap is drawn from 0.5 to 1.5
+    /// times it); at least 100ms.
+    #[arg(long, default_value = "2s", value_parser = parse_fault_every)]
     fault_every: Duration,
 
     /// Ratings instances that faults may strike; one more, the base
@@ -65,12 +66,12 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
     instances: u16,
 
-    /// The instances' TTL: how long a dead one stays listed at most.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// The instances' TTL (whole seconds, 1s to 300s): how long a dead one
+    /// stays listed at most.
+    #[arg(long, default_value = "3s", value_parser = parse_ttl)]
     ttl: Duration,
 
-    /// Pages loaded before the faults start; the shop's memory is measured
-    /// after them.
+    /// Pages loaded before the faults start.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     warm_up: Duration,
 
@@ -89,6 +90,24 @@ pub(crate) struct ChaosArgs {
     /// The shop's client policy.
     #[command(flatten)]
     policy: market_web::cli::PolicyArgs,
+}
+
+fn parse_fault_every(s: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if every < Duration::from_millis(100) {
+        return Err(format!("{s} is shorter than 100ms"));
+    }
+    Ok(every)
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if ttl.subsec_nanos() != 0 || !(1..=300).contains(&ttl.as_secs()) {
+        return Err(format!(
+            "{s} is not a whole number of seconds from 1s to 300s"
+        ));
+    }
+    Ok(ttl)
 }
 
 /// What one page showed.
