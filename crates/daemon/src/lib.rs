@@ -40,10 +40,12 @@ pub async fn shutdown_signal() {
 ///
 /// `serve` builds the server with the future it is given as its own
 /// shutdown signal: that fires when `shutdown` does, and the server stops
-/// accepting and finishes its calls. Connections still open after `drain`
-/// are dropped with the server: a client that stopped reading, or a paused
-/// process holding an HTTP/2 connection (which never acknowledges the
-/// server's GOAWAY), must not keep a daemon from stopping.
+/// accepting and finishes its calls. After `drain` this returns even if
+/// connections are still open (a client that stopped reading, or a paused
+/// process holding an HTTP/2 connection, which never acknowledges the
+/// server's GOAWAY): the daemon then exits, which closes them. (A server's
+/// connection tasks are its own; a caller that keeps running after this
+/// returns keeps serving them until their peers go.)
 pub async fn serve_with_drain<F, E>(
     serve: impl FnOnce(tokio_util::sync::WaitForCancellationFutureOwned) -> F,
     shutdown: impl std::future::Future<Output = ()>,

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The longest a TLS handshake may take before the connection is dropped, so
@@ -33,7 +34,13 @@ pub struct TlsArgs {
 
     /// Mutual TLS: refuse gRPC clients without a certificate signed by
     /// `ca.crt`. Needs --tls-dir.
-    #[arg(long, env = "MARKET_MTLS", requires = "tls_dir")]
+    #[arg(
+        long,
+        env = "MARKET_MTLS",
+        requires = "tls_dir",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub mtls: bool,
 }
 
@@ -48,18 +55,21 @@ pub enum TlsError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// A file holds no PEM block of the expected kind.
-    #[error("{path} holds no PEM {kind}")]
+    /// A file holds no usable PEM block of the expected kind.
+    #[error("{path} holds no usable PEM {kind}{why}")]
     NotPem {
         /// The file.
         path: PathBuf,
         /// What it should hold.
         kind: &'static str,
+        /// What the parser said, if anything.
+        why: String,
     },
 }
 
-/// A process's TLS settings, loaded from `--tls-dir`.
-#[derive(Debug, Clone)]
+/// A process's TLS settings, loaded from `--tls-dir`. Its `Debug` shows
+/// no key.
+#[derive(Clone)]
 pub struct Tls {
     identity: Identity,
     ca: Certificate,
@@ -74,17 +84,13 @@ impl TlsArgs {
             .map(|dir| Tls::from_dir(dir, self.mtls))
             .transpose()
     }
+}
 
-    /// These options as command-line arguments, to pass them on.
-    pub fn to_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        if let Some(dir) = &self.tls_dir {
-            args.push(format!("--tls-dir={}", dir.display()));
-        }
-        if self.mtls {
-            args.push("--mtls".to_owned());
-        }
-        args
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("mutual", &self.mutual)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,9 +98,9 @@ impl Tls {
     /// Reads `tls.crt`, `tls.key` and `ca.crt` from `dir`; with `mutual`, a
     /// listener demands client certificates.
     pub fn from_dir(dir: &Path, mutual: bool) -> Result<Self, TlsError> {
-        let cert = read_pem(&dir.join("tls.crt"), "CERTIFICATE", "certificate")?;
-        let key = read_pem(&dir.join("tls.key"), "PRIVATE KEY", "private key")?;
-        let ca = read_pem(&dir.join("ca.crt"), "CERTIFICATE", "certificate")?;
+        let cert = read_certificates(&dir.join("tls.crt"))?;
+        let key = read_key(&dir.join("tls.key"))?;
+        let ca = read_certificates(&dir.join("ca.crt"))?;
         Ok(Self {
             identity: Identity::from_pem(cert, key),
             ca: Certificate::from_pem(ca),
@@ -139,27 +145,41 @@ pub fn describe(tls: Option<&Tls>) -> &'static str {
     }
 }
 
-/// Reads a PEM file and checks that it holds a block of `label` (for keys,
-/// any `… PRIVATE KEY` block), so that a wrong or empty file is named at
-/// start rather than failing the first handshake.
-fn read_pem(path: &Path, label: &str, kind: &'static str) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let has_block = text.lines().any(|line| {
-        line.strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|found| found.ends_with(label))
-    });
-    if !has_block {
-        return Err(TlsError::NotPem {
-            path: path.to_owned(),
-            kind,
-        });
+    })
+}
+
+/// Reads a PEM file of certificates, checking that it holds at least one
+/// that decodes, so that a wrong or damaged file is named at start rather
+/// than failing every handshake later.
+fn read_certificates(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let pem = read(path)?;
+    let not_pem = |why: String| TlsError::NotPem {
+        path: path.to_owned(),
+        kind: "certificate",
+        why,
+    };
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| not_pem(format!(": {error}")))?;
+    if certificates.is_empty() {
+        return Err(not_pem(String::new()));
     }
-    Ok(bytes)
+    Ok(pem)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1; not encrypted).
+fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| TlsError::NotPem {
+        path: path.to_owned(),
+        kind: "private key (unencrypted PKCS#8, PKCS#1 or SEC1)",
+        why: format!(": {error}"),
+    })?;
+    Ok(pem)
 }
 
 #[cfg(test)]
@@ -192,6 +212,11 @@ mod tests {
         };
         let tls = args.load().unwrap().expect("TLS is on");
         assert!(tls.is_mutual());
+        let shown = format!("{tls:?}");
+        assert!(
+            !shown.contains("PRIVATE") && !shown.contains("key"),
+            "{shown}"
+        );
         assert!(TlsArgs::default().load().unwrap().is_none());
     }
 
@@ -200,9 +225,13 @@ mod tests {
         let dir = write_dir(&[("tls.crt", "not pem"), ("ca.crt", "")]);
         let error = Tls::from_dir(dir.path(), false).unwrap_err().to_string();
         assert!(
-            error.contains("tls.crt") && error.contains("no PEM certificate"),
+            error.contains("tls.crt") && error.contains("no usable PEM certificate"),
             "{error}"
         );
+        let damaged = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let dir = write_dir(&[("tls.crt", damaged)]);
+        let error = Tls::from_dir(dir.path(), false).unwrap_err().to_string();
+        assert!(error.contains("no usable PEM certificate: "), "{error}");
 
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(["localhost".to_owned()])
@@ -215,5 +244,10 @@ mod tests {
             error.contains("tls.key") && error.contains("needs tls.crt, tls.key and ca.crt"),
             "{error}"
         );
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        std::fs::write(dir.path().join("tls.key"), encrypted).unwrap();
+        let error = Tls::from_dir(dir.path(), false).unwrap_err().to_string();
+        assert!(error.contains("(unencrypted PKCS#8"), "{error}");
     }
 }

@@ -173,8 +173,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "no registry token: pass --token or set REGISTRY_TOKEN to the ratings service's token or consumer token",
         )?;
         let tls = cli.tls.load()?;
-        let mode = daemon::tls::describe(tls.as_ref());
-        tracing::info!(tls = mode, "gRPC TLS: {mode}");
+        // The shop serves no gRPC, so --mtls changes nothing here.
+        let mode = if tls.is_some() { "on" } else { "off" };
+        tracing::info!(tls = mode, "gRPC TLS to the registry and instances: {mode}");
         let registries =
             Registries::with_tls(&cli.registry, token, tls.as_ref().map(daemon::Tls::client))?;
         let client = RatingsClient::discover(registries, policy)?;

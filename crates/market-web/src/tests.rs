@@ -71,7 +71,11 @@ async fn requests_beyond_the_concurrency_limit_get_503_at_once() {
         entered.notified().await;
     }
 
-    let refused = service.clone().oneshot(request()).await.unwrap();
+    // Answered at once: a request that waited for a slot would time out.
+    let refused = tokio::time::timeout(Duration::from_secs(5), service.clone().oneshot(request()))
+        .await
+        .expect("refused at once, not queued")
+        .unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body = axum::body::to_bytes(Body::new(refused.into_body()), 1024)

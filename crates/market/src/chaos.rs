@@ -736,9 +736,21 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "chaos: seed {seed}; {:?} warm-up, then {:?} of faults, {} pages/s",
         args.warm_up, args.duration, args.rate
     );
-    let mut topology = Topology::start(&args).await?;
-    let result = soak(&args, seed, &mut topology).await;
+    // Ctrl-C or SIGTERM stops every process started (each runs in its own
+    // process group, so the signal reaches only this one).
+    let mut interrupted = std::pin::pin!(daemon::shutdown_signal());
+    let mut topology = tokio::select! {
+        topology = Topology::start(&args) => topology?,
+        () = &mut interrupted => bail!("interrupted while starting"),
+    };
+    let result = tokio::select! {
+        result = soak(&args, seed, &mut topology) => Some(result),
+        () = &mut interrupted => None,
+    };
     topology.stop().await;
+    let Some(result) = result else {
+        bail!("interrupted; every process it started has stopped");
+    };
     let summary = result?;
     print(&summary);
     if let Some(path) = &args.json {
@@ -955,7 +967,8 @@ fn summarize(
         .copied()
         .find(|(at, _)| *at >= settled_at)
         .unwrap_or((settled_at, rss_after_warm_up));
-    let growth = rss_at_end.abs_diff(settled) as f64 / settled.max(1) as f64;
+    // Only growth counts: memory given back is no leak.
+    let growth = rss_at_end.saturating_sub(settled) as f64 / settled.max(1) as f64;
     if growth > 0.10 {
         violations.push(format!(
             "market-web's memory went from {settled} KiB at {settled_at} s to {rss_at_end} KiB at the end ({:+.0} %)",

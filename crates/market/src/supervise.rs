@@ -74,6 +74,7 @@ impl Proc {
             .env_remove("REGISTRY_ADMIN_TOKEN")
             .env_remove("REGISTRY_ADDR")
             .env_remove("MARKET_TLS_DIR")
+            .env_remove("MARKET_MTLS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -152,6 +152,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {} for {}", plan.listen, plan.id))?;
         let addr = listener.local_addr()?;
         let advertise = match &cli.advertise {
+            Some(address) if tls.is_some() && !address.starts_with("https://") => bail!(
+                "--advertise {address}: this instance serves TLS, so consumers must call an https:// address"
+            ),
+            Some(address) if tls.is_none() && address.starts_with("https://") => {
+                bail!("--advertise {address}: an https:// address needs TLS; pass --tls-dir")
+            }
             Some(address) => address.clone(),
             None if addr.ip().is_unspecified() => {
                 bail!(
@@ -183,7 +189,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 
-    wait_for_signal().await;
+    // Until a signal, unless a server stops first (its TLS settings were
+    // refused, say): then there is nothing left to serve.
+    let mut failed = None;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        (ended, index, _) = futures::future::select_all(servers.iter_mut()) => {
+            let error = match ended {
+                Ok(Ok(())) => anyhow::anyhow!("stopped unexpectedly"),
+                Ok(Err(error)) => error.into(),
+                Err(panic) => anyhow::anyhow!("panicked: {panic}"),
+            };
+            tracing::error!("server {index} failed: {error:#}; stopping");
+            servers.remove(index);
+            failed = Some(error);
+        }
+    }
     // Deregister first, so consumers stop calling before the servers stop.
     for result in
         futures::future::join_all(registrations.into_iter().map(Registration::deregister)).await
@@ -198,6 +219,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     shutdown.cancel();
     for server in servers {
         server.await.context("a server task panicked")??;
+    }
+    if let Some(error) = failed {
+        return Err(error.context("a gRPC server failed"));
     }
     tracing::info!("stopped");
     Ok(())

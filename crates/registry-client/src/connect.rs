@@ -86,14 +86,29 @@ pub type RegistryClient = registry_client::RegistryClient<InterceptedService<Cha
 /// the client on to the next one.
 ///
 /// The same TLS settings, if any, are meant for the instances the client
-/// finds there: see [`Registries::tls`].
-#[derive(Debug, Clone)]
+/// finds there: see [`Registries::tls`]. Its `Debug` shows neither the
+/// token nor the TLS key.
+#[derive(Clone)]
 pub struct Registries {
     channels: Arc<[(String, Channel)]>,
     current: Arc<AtomicUsize>,
     token: BearerToken,
     tls: Option<ClientTlsConfig>,
 }
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addresses: Vec<&str> = self.channels.iter().map(|(a, _)| a.as_str()).collect();
+        f.debug_struct("Registries")
+            .field("addresses", &addresses)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long connecting to a registry replica may take, TCP and TLS each,
+/// before the client moves on to the next one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Registries {
     /// Parses addresses (`http://host:port`; `host:port` is taken as http) and
@@ -148,7 +163,7 @@ impl Registries {
                     (None, false) => {}
                 }
                 let channel = endpoint
-                    .connect_timeout(Duration::from_secs(1))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5))

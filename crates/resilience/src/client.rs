@@ -502,8 +502,10 @@ where
             .tcp_nodelay(true);
         let secure = endpoint.uri().scheme_str() == Some("https");
         let endpoint = match (&self.tls, secure) {
+            // The handshake is bounded like the connection: an attempt's
+            // timeout.
             (Some(tls), true) => endpoint
-                .tls_config(tls.clone())
+                .tls_config(tls.clone().timeout(self.policy.timeout))
                 .map_err(|error| format!("TLS does not apply to its address: {error}"))?,
             (Some(_), false) => {
                 return Err("its address is plaintext and this client calls over TLS only".into());
@@ -565,5 +567,48 @@ where
             },
         );
         Some((key, balanced))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use registry_client::Instance;
+
+    use super::*;
+
+    fn upsert(id: &str, address: &str) -> WatchUpdate {
+        WatchUpdate::Upsert(Instance {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            metadata: Default::default(),
+            ttl: Duration::from_secs(10),
+        })
+    }
+
+    #[tokio::test]
+    async fn tls_clients_call_only_https_instances_and_plaintext_clients_only_http() {
+        for (tls, only) in [(None, "plain"), (Some(ClientTlsConfig::new()), "secure")] {
+            let updates = futures::stream::iter([
+                upsert("plain", "http://127.0.0.1:1"),
+                upsert("secure", "https://127.0.0.1:2"),
+                WatchUpdate::Synced(1),
+            ])
+            .chain(futures::stream::pending());
+            let client = Client::<(), ()>::with_tls(
+                "ratings",
+                updates,
+                Policy::default(),
+                tls,
+                |_, _| async { Err(tonic::Status::unavailable("never called")) },
+            )
+            .expect("a valid policy");
+            client.synced().await;
+            let known: Vec<String> = client
+                .endpoints()
+                .into_iter()
+                .map(|endpoint| endpoint.instance)
+                .collect();
+            assert_eq!(known, [only]);
+        }
     }
 }
