@@ -409,8 +409,9 @@ pub struct Web {
 
 impl Web {
     /// Starts `market-web` on a free loopback port for `registry`, plus
-    /// `extra` arguments, and waits until it listens.
-    pub async fn start(registry: &Registry, extra: &[&str]) -> anyhow::Result<Self> {
+    /// `extra` arguments, and waits until it listens; `label` names it in
+    /// the report.
+    pub async fn start(label: &str, registry: &Registry, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -420,7 +421,7 @@ impl Web {
             &registry.token,
         ];
         args.extend_from_slice(extra);
-        let daemon = Daemon::spawn("market-web", "market-web", &args)?;
+        let daemon = Daemon::spawn(format!("market-web ({label})"), "market-web", &args)?;
         let line = daemon.wait_for_line("market-web listening on").await?;
         let addr = line
             .split_whitespace()

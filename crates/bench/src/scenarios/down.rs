@@ -25,7 +25,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         "Page with every instance killed (breakers open) vs all healthy",
     );
     let mut cluster = Cluster::start(3, |_| Vec::new()).await?;
-    let web = Web::start(&cluster.registry, &[]).await?;
+    let web = Web::start("defaults", &cluster.registry, &[]).await?;
     let page = page_call(&web).await?;
     warm_up(&page, 200).await?;
     let duration = cfg.secs(10.0, 3.0);

@@ -20,7 +20,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(9, "Resident memory at idle and under load");
     let cluster = Cluster::start(3, |_| Vec::new()).await?;
-    let web = Web::start(&cluster.registry, &[]).await?;
+    let web = Web::start("defaults", &cluster.registry, &[]).await?;
     let page = page_call(&web).await?;
     let _ = page().await;
 

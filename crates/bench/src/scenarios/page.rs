@@ -26,8 +26,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(3, "Market page GET / vs one Get");
     let cluster = Cluster::start(3, |_| Vec::new()).await?;
-    let bypassed = Web::start(&cluster.registry, &["--fresh-for", "0s"]).await?;
-    let fresh = Web::start(&cluster.registry, &["--fresh-for", "1h"]).await?;
+    let bypassed = Web::start("cache bypassed", &cluster.registry, &["--fresh-for", "0s"]).await?;
+    let fresh = Web::start("cache fresh", &cluster.registry, &["--fresh-for", "1h"]).await?;
     let calls: [Call; 3] = [
         contract_stack_call(&cluster.registry).await?,
         page_call(&bypassed).await?,
