@@ -60,6 +60,15 @@ impl Run {
         }
     }
 
+    /// A run of measured event latencies (no calls: nothing failed).
+    pub fn from_latencies(latencies: &[Duration]) -> Self {
+        let mut run = Self::new();
+        for latency in latencies {
+            run.record(*latency, Ok(0));
+        }
+        run
+    }
+
     fn record(&mut self, latency: Duration, outcome: Outcome) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.hist.saturating_record(micros.max(1));

@@ -55,7 +55,30 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the Tokio runtime")?;
-    runtime.block_on(run(cli))
+    // On Ctrl-C or SIGTERM the run is dropped, which kills every process it
+    // started (they are killed on drop).
+    runtime.block_on(async {
+        tokio::select! {
+            result = run(cli) => result,
+            () = interrupted() => anyhow::bail!("interrupted: the processes started were stopped"),
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
