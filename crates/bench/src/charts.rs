@@ -27,7 +27,7 @@ fn colour(i: usize) -> RGBColor {
 
 /// Latency (log scale) against percentile, one line per series: x is the
 /// number of nines, so 90 %, 99 % and 99.9 % are evenly spaced.
-pub fn latency_distribution(
+pub(crate) fn latency_distribution(
     path: &Path,
     title: &str,
     series: &[(String, &Histogram<u64>)],
@@ -91,7 +91,7 @@ pub fn latency_distribution(
 }
 
 /// Throughput against concurrency (log scale), one line per series.
-pub fn throughput(
+pub(crate) fn throughput(
     path: &Path,
     title: &str,
     series: &[(String, Vec<(usize, f64)>)],
@@ -141,7 +141,7 @@ pub fn throughput(
 
 /// One value per case and series (e.g. p99 propagation in ms for each
 /// registry load, registryd and etcd), as points joined by lines.
-pub fn by_case(
+pub(crate) fn by_case(
     path: &Path,
     title: &str,
     y_desc: &str,

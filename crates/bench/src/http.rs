@@ -17,7 +17,7 @@ use tokio::{
 /// A pool of keep-alive connections to one server, all sending the same
 /// request (one visitor's cookie, one path).
 #[derive(Debug, Clone)]
-pub struct Pool {
+pub(crate) struct Pool {
     addr: SocketAddr,
     request: Arc<[u8]>,
     idle: Arc<Mutex<Vec<BufReader<TcpStream>>>>,
@@ -25,7 +25,7 @@ pub struct Pool {
 
 impl Pool {
     /// `GET path` on `addr`, with `cookie` when given.
-    pub fn new(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Self {
+    pub(crate) fn new(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Self {
         let cookie = cookie
             .map(|c| format!("Cookie: {c}\r\n"))
             .unwrap_or_default();
@@ -39,7 +39,7 @@ impl Pool {
 
     /// Sends the request on an idle connection (or a new one) and reads the
     /// whole answer: its status and `Set-Cookie` value, if any.
-    pub async fn get(&self) -> anyhow::Result<(u16, Option<String>)> {
+    pub(crate) async fn get(&self) -> anyhow::Result<(u16, Option<String>)> {
         let idle = self.idle.lock().expect("pool lock").pop();
         let mut conn = match idle {
             Some(conn) => conn,

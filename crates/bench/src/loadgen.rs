@@ -19,32 +19,32 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 /// The latencies recorded, in microseconds: 1 µs to 10 min at 3 digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// What one call reports: which instance answered, when known (0 when not),
 /// or an error.
-pub type Outcome = Result<u32, ()>;
+pub(crate) type Outcome = Result<u32, ()>;
 
 /// The result of one run.
 #[derive(Debug, Clone)]
-pub struct Run {
+pub(crate) struct Run {
     /// Latencies of every call, successful or not, in µs.
-    pub hist: Histogram<u64>,
+    pub(crate) hist: Histogram<u64>,
     /// Successful calls.
-    pub ok: u64,
+    pub(crate) ok: u64,
     /// Failed calls.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Open loop: calls not sent because too many were in flight.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// Wall time of the run.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Successful calls per answering instance (see [`Outcome`]).
-    pub by_instance: BTreeMap<u32, u64>,
+    pub(crate) by_instance: BTreeMap<u32, u64>,
     /// Open loop: each call's intended send time since the start and its
     /// latency, in send order.
-    pub timeline: Vec<(Duration, Duration)>,
+    pub(crate) timeline: Vec<(Duration, Duration)>,
 }
 
 impl Run {
@@ -61,7 +61,7 @@ impl Run {
     }
 
     /// A run of measured event latencies (no calls: nothing failed).
-    pub fn from_latencies(latencies: &[Duration]) -> Self {
+    pub(crate) fn from_latencies(latencies: &[Duration]) -> Self {
         let mut run = Self::new();
         for latency in latencies {
             run.record(*latency, Ok(0));
@@ -94,17 +94,17 @@ impl Run {
     }
 
     /// Completed calls (ok or not) per second.
-    pub fn throughput(&self) -> f64 {
+    pub(crate) fn throughput(&self) -> f64 {
         (self.ok + self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// A latency quantile, µs.
-    pub fn quantile_us(&self, q: f64) -> u64 {
+    pub(crate) fn quantile_us(&self, q: f64) -> u64 {
         self.hist.value_at_quantile(q)
     }
 
     /// Each instance's share of the successful calls, in %.
-    pub fn shares(&self) -> BTreeMap<u32, f64> {
+    pub(crate) fn shares(&self) -> BTreeMap<u32, f64> {
         let total: u64 = self.by_instance.values().sum();
         self.by_instance
             .iter()
@@ -116,19 +116,19 @@ impl Run {
 /// Several runs of the same thing added up (rounds of an interleaved
 /// comparison), with the medians of their per-run figures.
 #[derive(Debug, Clone)]
-pub struct Runs {
+pub(crate) struct Runs {
     /// Every run.
-    pub runs: Vec<Run>,
+    pub(crate) runs: Vec<Run>,
 }
 
 impl Runs {
     /// No runs yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { runs: Vec::new() }
     }
 
     /// All runs as one.
-    pub fn merged(&self) -> Run {
+    pub(crate) fn merged(&self) -> Run {
         let mut all = Run::new();
         for run in &self.runs {
             all.merge(run);
@@ -138,14 +138,14 @@ impl Runs {
     }
 
     /// The median over runs of `f`.
-    pub fn median(&self, f: impl Fn(&Run) -> f64) -> f64 {
+    pub(crate) fn median(&self, f: impl Fn(&Run) -> f64) -> f64 {
         let mut values: Vec<f64> = self.runs.iter().map(f).collect();
         median(&mut values)
     }
 }
 
 /// The median of `values` (the mean of the two middle ones for an even count).
-pub fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -160,7 +160,7 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 /// Runs `call` in a closed loop: `concurrency` callers, each sending its next
 /// call when the last one answered, for `duration`.
-pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Run
+pub(crate) async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
@@ -197,7 +197,12 @@ where
 /// Runs `call` in an open loop: `rate` calls a second for `duration`, each
 /// sent at its scheduled time whatever the others do, at most `max_in_flight`
 /// at once (beyond that a call is counted as dropped, and as an error).
-pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, max_in_flight: usize, call: F) -> Run
+pub(crate) async fn open_loop<F, Fut>(
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+    call: F,
+) -> Run
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,

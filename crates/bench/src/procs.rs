@@ -24,7 +24,7 @@ use tokio::{
     sync::Notify,
 };
 
-pub use nix::sys::signal::Signal;
+pub(crate) use nix::sys::signal::Signal;
 
 /// How long a process may take to print that it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +46,7 @@ fn log_filter(name: &str) -> &'static str {
 
 /// The path of one of the workspace's binaries: they are built into the same
 /// folder as this one (`target/release`).
-pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let dir = exe
         .parent()
@@ -78,16 +78,20 @@ struct Lines {
 
 /// A running process of the benchmark. It is killed when dropped.
 #[derive(Debug)]
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// A name for the report, e.g. `ratings-server #2`.
-    pub name: String,
+    pub(crate) name: String,
     child: Child,
     lines: Arc<Lines>,
 }
 
 impl Daemon {
     /// Starts `program` (a workspace binary's name, or an absolute path).
-    pub fn spawn(name: impl Into<String>, program: &str, args: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(
+        name: impl Into<String>,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let path = if Path::new(program).is_absolute() {
             PathBuf::from(program)
         } else {
@@ -119,19 +123,19 @@ impl Daemon {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or_default()
     }
 
     /// Sends a signal.
-    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+    pub(crate) fn signal(&self, sig: Signal) -> anyhow::Result<()> {
         let pid = i32::try_from(self.pid()).context("pid out of range")?;
         signal::kill(Pid::from_raw(pid), sig)
             .with_context(|| format!("cannot send {sig} to {}", self.name))
     }
 
     /// Kills it and waits until it is gone.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
         self.child
             .kill()
             .await
@@ -139,7 +143,7 @@ impl Daemon {
     }
 
     /// Stops it with SIGTERM, waiting up to 10 s, then kills it.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if self.signal(Signal::SIGTERM).is_ok()
             && tokio::time::timeout(Duration::from_secs(10), self.child.wait())
                 .await
@@ -151,7 +155,7 @@ impl Daemon {
     }
 
     /// How many lines it printed so far: a mark for [`Daemon::wait_for_line_after`].
-    pub fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         self.lines
             .kept
             .lock()
@@ -160,12 +164,12 @@ impl Daemon {
     }
 
     /// Waits for a line containing `needle`, from the start.
-    pub async fn wait_for_line(&self, needle: &str) -> anyhow::Result<String> {
+    pub(crate) async fn wait_for_line(&self, needle: &str) -> anyhow::Result<String> {
         self.wait_for_line_after(0, needle, READY_TIMEOUT).await
     }
 
     /// Waits for a line containing `needle` printed after `mark`.
-    pub async fn wait_for_line_after(
+    pub(crate) async fn wait_for_line_after(
         &self,
         mark: usize,
         needle: &str,
@@ -201,7 +205,7 @@ impl Daemon {
     }
 
     /// The lines it printed after `mark` that are still kept.
-    pub fn lines_after(&self, mark: usize) -> Vec<String> {
+    pub(crate) fn lines_after(&self, mark: usize) -> Vec<String> {
         let kept = self.lines.kept.lock().expect("lines lock");
         let first = kept.1 - kept.0.len();
         kept.0
@@ -213,7 +217,7 @@ impl Daemon {
     }
 
     /// Its last `n` lines.
-    pub fn tail(&self, n: usize) -> String {
+    pub(crate) fn tail(&self, n: usize) -> String {
         let kept = self.lines.kept.lock().expect("lines lock");
         let skip = kept.0.len().saturating_sub(n);
         kept.0
@@ -243,15 +247,15 @@ async fn collect(reader: impl AsyncRead + Unpin, lines: Arc<Lines>) {
 
 /// A `registryd` on the memory store with the `ratings` service created.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     /// The process.
-    pub daemon: Daemon,
+    pub(crate) daemon: Daemon,
     /// `http://127.0.0.1:PORT`.
-    pub url: String,
+    pub(crate) url: String,
     /// The admin token.
-    pub admin_token: String,
+    pub(crate) admin_token: String,
     /// The `ratings` service token.
-    pub token: String,
+    pub(crate) token: String,
     /// The data dir, removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -259,7 +263,7 @@ pub struct Registry {
 impl Registry {
     /// Starts `registryd` on a free loopback port with `extra` arguments, and
     /// creates the `ratings` service with `registryctl`.
-    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("cannot make a data dir")?;
         let data_dir = dir
             .path()
@@ -287,7 +291,7 @@ impl Registry {
     }
 
     /// The registry as the client libraries see it, with the `ratings` token.
-    pub fn registries(&self) -> anyhow::Result<registry_client::Registries> {
+    pub(crate) fn registries(&self) -> anyhow::Result<registry_client::Registries> {
         Ok(registry_client::Registries::new(
             [self.url.as_str()],
             &self.token,
@@ -296,7 +300,11 @@ impl Registry {
 }
 
 /// `registryctl create-service NAME`: the service token.
-pub async fn create_service(url: &str, admin_token: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn create_service(
+    url: &str,
+    admin_token: &str,
+    name: &str,
+) -> anyhow::Result<String> {
     let output = Command::new(bin("registryctl")?)
         .args(["--registry", url, "--admin-token", admin_token])
         .args(["create-service", name])
@@ -318,17 +326,17 @@ pub async fn create_service(url: &str, admin_token: &str, name: &str) -> anyhow:
 
 /// A `ratings-server` running one instance.
 #[derive(Debug)]
-pub struct Ratings {
+pub(crate) struct Ratings {
     /// The process.
-    pub daemon: Daemon,
+    pub(crate) daemon: Daemon,
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Ratings {
     /// Starts instance `n` registered with `registry`, plus `extra`
     /// arguments; waits until it is registered.
-    pub async fn start(registry: &Registry, n: u16, extra: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(registry: &Registry, n: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let instance = n.to_string();
         let mut args = vec![
             "--instance",
@@ -359,24 +367,24 @@ impl Ratings {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
 /// A registry and three ratings instances, the cluster of most scenarios.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The registry.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// The instances, `ratings-1` to `ratings-N`.
-    pub instances: Vec<Ratings>,
+    pub(crate) instances: Vec<Ratings>,
 }
 
 impl Cluster {
     /// Starts a registry and `n` instances, instance `i` (from 1) with
     /// `extra(i)` arguments.
-    pub async fn start(n: u16, extra: impl Fn(u16) -> Vec<String>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(n: u16, extra: impl Fn(u16) -> Vec<String>) -> anyhow::Result<Self> {
         let registry = Registry::start(&[]).await?;
         let mut instances = Vec::new();
         for i in 1..=n {
@@ -391,7 +399,7 @@ impl Cluster {
     }
 
     /// Every process, for the meter.
-    pub fn daemons(&self) -> Vec<&Daemon> {
+    pub(crate) fn daemons(&self) -> Vec<&Daemon> {
         std::iter::once(&self.registry.daemon)
             .chain(self.instances.iter().map(|i| &i.daemon))
             .collect()
@@ -400,18 +408,22 @@ impl Cluster {
 
 /// A running `market-web` in front of a cluster.
 #[derive(Debug)]
-pub struct Web {
+pub(crate) struct Web {
     /// The process.
-    pub daemon: Daemon,
+    pub(crate) daemon: Daemon,
     /// Where it serves HTTP.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Web {
     /// Starts `market-web` on a free loopback port for `registry`, plus
     /// `extra` arguments, and waits until it listens; `label` names it in
     /// the report.
-    pub async fn start(label: &str, registry: &Registry, extra: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        label: &str,
+        registry: &Registry,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -435,16 +447,16 @@ impl Web {
 
 /// One process to meter: a name for the report and its pid.
 #[derive(Debug, Clone)]
-pub struct Metered {
+pub(crate) struct Metered {
     /// The report's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its pid.
-    pub pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Metered {
     /// A daemon.
-    pub fn of(daemon: &Daemon) -> Self {
+    pub(crate) fn of(daemon: &Daemon) -> Self {
         Self {
             name: daemon.name.clone(),
             pid: daemon.pid(),
@@ -453,7 +465,7 @@ impl Metered {
 
     /// The benchmark process itself (the load generator, and the client
     /// stack when the scenario calls through it in process).
-    pub fn this(role: &str) -> Self {
+    pub(crate) fn this(role: &str) -> Self {
         Self {
             name: format!("bench ({role})"),
             pid: std::process::id(),
@@ -463,27 +475,27 @@ impl Metered {
 
 /// What a process cost over a measured interval.
 #[derive(Debug, Clone)]
-pub struct Cost {
+pub(crate) struct Cost {
     /// The report's name.
-    pub name: String,
+    pub(crate) name: String,
     /// CPU time over wall time, in % of one core.
-    pub cpu_pct: f64,
+    pub(crate) cpu_pct: f64,
     /// Resident memory at the end, KiB.
-    pub rss_kib: u64,
+    pub(crate) rss_kib: u64,
     /// The most resident memory it ever had, KiB (`VmHWM`).
-    pub peak_rss_kib: u64,
+    pub(crate) peak_rss_kib: u64,
 }
 
 /// Measures CPU and memory of processes between `start` and `finish`.
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     procs: Vec<(Metered, u64)>,
     started: Instant,
 }
 
 impl Meter {
     /// Takes the processes' CPU times now.
-    pub fn start(procs: impl IntoIterator<Item = Metered>) -> Self {
+    pub(crate) fn start(procs: impl IntoIterator<Item = Metered>) -> Self {
         let procs = procs
             .into_iter()
             .map(|p| {
@@ -498,7 +510,7 @@ impl Meter {
     }
 
     /// Each process's CPU share since `start`, and its memory now.
-    pub fn finish(&self) -> Vec<Cost> {
+    pub(crate) fn finish(&self) -> Vec<Cost> {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         let hz = clock_ticks_per_second();
         self.procs
@@ -518,7 +530,7 @@ impl Meter {
 }
 
 /// utime + stime of a process, in clock ticks (`/proc/<pid>/stat`).
-pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name, field 2, may hold spaces: count from the last ')'.
@@ -534,7 +546,7 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// `VmRSS` and `VmHWM` of a process, KiB (`/proc/<pid>/status`).
-pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
@@ -558,7 +570,7 @@ fn clock_ticks_per_second() -> f64 {
 
 /// The pids of this process's children running `exe` (to meter a server that
 /// a helper started, such as test-support's etcd).
-pub fn children_running(exe: &Path) -> Vec<u32> {
+pub(crate) fn children_running(exe: &Path) -> Vec<u32> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -9,28 +9,28 @@ use crate::{loadgen::Run, procs::Cost};
 
 /// One row of a scenario's latency table.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// What was measured.
-    pub label: String,
+    pub(crate) label: String,
     /// Latency quantiles, µs: p50, p99, p99.9, max.
-    pub p50: u64,
+    pub(crate) p50: u64,
     /// p99, µs.
-    pub p99: u64,
+    pub(crate) p99: u64,
     /// p99.9, µs.
-    pub p999: u64,
+    pub(crate) p999: u64,
     /// Max, µs.
-    pub max: u64,
+    pub(crate) max: u64,
     /// Calls (or events) measured.
-    pub count: u64,
+    pub(crate) count: u64,
     /// Failed calls.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Calls a second, if that means something here.
-    pub throughput: Option<f64>,
+    pub(crate) throughput: Option<f64>,
 }
 
 impl Row {
     /// A row from a load run.
-    pub fn of(label: impl Into<String>, run: &Run) -> Self {
+    pub(crate) fn of(label: impl Into<String>, run: &Run) -> Self {
         Self {
             label: label.into(),
             p50: run.quantile_us(0.5),
@@ -44,7 +44,7 @@ impl Row {
     }
 
     /// A row of latencies without a throughput (events, not calls).
-    pub fn events(label: impl Into<String>, run: &Run) -> Self {
+    pub(crate) fn events(label: impl Into<String>, run: &Run) -> Self {
         Self {
             throughput: None,
             ..Self::of(label, run)
@@ -54,18 +54,18 @@ impl Row {
 
 /// A target of the issue's table, checked.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub(crate) struct Check {
     /// The target, as the issue puts it.
-    pub target: String,
+    pub(crate) target: String,
     /// What was measured, e.g. `0.93× (9,120 vs 9,800 req/s)`.
-    pub measured: String,
+    pub(crate) measured: String,
     /// Whether the target is met.
-    pub pass: bool,
+    pub(crate) pass: bool,
 }
 
 impl Check {
     /// `measured ≤ bound` (or `≥` with `at_least`), `measured` a ratio.
-    pub fn ratio(
+    pub(crate) fn ratio(
         target: impl Into<String>,
         ratio: f64,
         bound: f64,
@@ -85,7 +85,11 @@ impl Check {
     }
 
     /// A check whose measured value is stated as is.
-    pub fn plain(target: impl Into<String>, measured: impl Into<String>, pass: bool) -> Self {
+    pub(crate) fn plain(
+        target: impl Into<String>,
+        measured: impl Into<String>,
+        pass: bool,
+    ) -> Self {
         Self {
             target: target.into(),
             measured: measured.into(),
@@ -96,28 +100,28 @@ impl Check {
 
 /// One scenario's part of the report.
 #[derive(Debug, Clone, Default)]
-pub struct Section {
+pub(crate) struct Section {
     /// The scenario's number in the issue's table.
-    pub number: u8,
+    pub(crate) number: u8,
     /// Its title.
-    pub title: String,
+    pub(crate) title: String,
     /// How it was run, and what to know when reading it.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
     /// The latency tables: a caption and its rows.
-    pub tables: Vec<(String, Vec<Row>)>,
+    pub(crate) tables: Vec<(String, Vec<Row>)>,
     /// What each process cost, per measured run.
-    pub costs: Vec<(String, Vec<Cost>)>,
+    pub(crate) costs: Vec<(String, Vec<Cost>)>,
     /// The targets.
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// Chart files, relative to the report.
-    pub charts: Vec<String>,
+    pub(crate) charts: Vec<String>,
     /// How long the scenario took.
-    pub took: Duration,
+    pub(crate) took: Duration,
 }
 
 impl Section {
     /// An empty section.
-    pub fn new(number: u8, title: impl Into<String>) -> Self {
+    pub(crate) fn new(number: u8, title: impl Into<String>) -> Self {
         Self {
             number,
             title: title.into(),
@@ -126,28 +130,28 @@ impl Section {
     }
 
     /// Adds a note.
-    pub fn note(&mut self, note: impl Into<String>) {
+    pub(crate) fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
 }
 
 /// The whole report.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     /// `full` or `quick`.
-    pub mode: &'static str,
+    pub(crate) mode: &'static str,
     /// When the run started, in UTC.
-    pub started: String,
+    pub(crate) started: String,
     /// What the machine is.
-    pub machine: String,
+    pub(crate) machine: String,
     /// The scenarios run.
-    pub sections: Vec<Section>,
+    pub(crate) sections: Vec<Section>,
     /// How long the whole run took.
-    pub took: Duration,
+    pub(crate) took: Duration,
 }
 
 /// Microseconds as milliseconds with three decimals.
-pub fn ms(us: u64) -> String {
+pub(crate) fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
 
@@ -157,7 +161,7 @@ fn kib_as_mib(kib: u64) -> String {
 
 impl Report {
     /// The report as Markdown.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut out = String::new();
         let passed = self
             .sections
@@ -210,7 +214,7 @@ impl Report {
     }
 
     /// Writes `report.md` into `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let path = dir.join("report.md");
         std::fs::write(&path, self.markdown())
             .with_context(|| format!("cannot write {}", path.display()))
@@ -290,7 +294,7 @@ impl Section {
 }
 
 /// The machine in one line: CPU model, cores, memory, kernel.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -29,7 +29,7 @@ struct WrkResult {
 
 /// Runs wrk and our closed loop against `web`'s page at concurrency 1 and
 /// 16, and adds both to `section`.
-pub async fn compare(
+pub(crate) async fn compare(
     cfg: &Config,
     section: &mut Section,
     web: &Web,

@@ -18,7 +18,7 @@ use crate::{
 const RATE: f64 = 200.0;
 
 /// Runs scenario 4.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(
         4,

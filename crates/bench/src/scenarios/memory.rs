@@ -16,7 +16,7 @@ use crate::{
 const LINKERD_PROXY_MB: f64 = 26.0;
 
 /// Runs scenario 9.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(9, "Resident memory at idle and under load");
     let cluster = Cluster::start(3, |_| Vec::new()).await?;

@@ -16,45 +16,45 @@ use crate::{
     procs::{Cluster, Registry, Web},
 };
 
-pub mod down;
-pub mod memory;
-pub mod page;
-pub mod registry;
-pub mod slow;
-pub mod stack;
-pub mod stop;
+pub(crate) mod down;
+pub(crate) mod memory;
+pub(crate) mod page;
+pub(crate) mod registry;
+pub(crate) mod slow;
+pub(crate) mod stack;
+pub(crate) mod stop;
 
 /// The run's settings.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The smoke run: shorter runs, fewer rounds and sizes.
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Where the report and charts go.
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 impl Config {
     /// `full` in a full run, `quick` in a quick one, in seconds.
-    pub fn secs(&self, full: f64, quick: f64) -> Duration {
+    pub(crate) fn secs(&self, full: f64, quick: f64) -> Duration {
         Duration::from_secs_f64(if self.quick { quick } else { full })
     }
 
     /// `full` or `quick`.
-    pub fn pick<T>(&self, full: T, quick: T) -> T {
+    pub(crate) fn pick<T>(&self, full: T, quick: T) -> T {
         if self.quick { quick } else { full }
     }
 
     /// The path of a chart file, and its name relative to the report.
-    pub fn chart(&self, name: &str) -> (PathBuf, String) {
+    pub(crate) fn chart(&self, name: &str) -> (PathBuf, String) {
         (self.out.join(name), name.to_owned())
     }
 }
 
 /// A boxed call, so that callers of different kinds share one type.
-pub type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+pub(crate) type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
 /// Adapts a [`Call`] to the load generator's `Fn() -> Future`.
-pub fn caller(
+pub(crate) fn caller(
     call: &Call,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Clone + Send + Sync + 'static {
     let call = call.clone();
@@ -72,7 +72,7 @@ fn instance_number(served_by: &str) -> u32 {
 
 /// `Get("camera")` through the project's full stack (discovery through the
 /// registry, balance, breaker, timeout, retry budget), with `policy`.
-pub async fn stack_call(
+pub(crate) async fn stack_call(
     registry: &Registry,
     policy: Policy,
 ) -> anyhow::Result<(Call, RatingsClient)> {
@@ -95,7 +95,7 @@ pub async fn stack_call(
 }
 
 /// `Get("camera")` through the contract's policy.
-pub async fn contract_stack_call(registry: &Registry) -> anyhow::Result<Call> {
+pub(crate) async fn contract_stack_call(registry: &Registry) -> anyhow::Result<Call> {
     Ok(stack_call(registry, contract_policy()).await?.0)
 }
 
@@ -121,7 +121,7 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
 }
 
 /// A direct tonic `Channel` to the cluster's first instance.
-pub async fn direct_call(cluster: &Cluster) -> anyhow::Result<Call> {
+pub(crate) async fn direct_call(cluster: &Cluster) -> anyhow::Result<Call> {
     let url = cluster.instances[0].url();
     let channel = endpoint(&url)?
         .connect()
@@ -132,7 +132,7 @@ pub async fn direct_call(cluster: &Cluster) -> anyhow::Result<Call> {
 
 /// tonic's `balance_channel` (here through `balance_list`, which feeds it)
 /// over every instance of the cluster.
-pub fn balance_channel_call(cluster: &Cluster) -> anyhow::Result<Call> {
+pub(crate) fn balance_channel_call(cluster: &Cluster) -> anyhow::Result<Call> {
     let endpoints = cluster
         .instances
         .iter()
@@ -143,7 +143,7 @@ pub fn balance_channel_call(cluster: &Cluster) -> anyhow::Result<Call> {
 
 /// Calls `call` `n` times, one after the other (to open connections and
 /// warm the balancers up); fails if none succeeds.
-pub async fn warm_up(call: &Call, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn warm_up(call: &Call, n: usize) -> anyhow::Result<()> {
     let mut ok = 0;
     for _ in 0..n {
         ok += usize::from(call().await.is_ok());
@@ -154,7 +154,7 @@ pub async fn warm_up(call: &Call, n: usize) -> anyhow::Result<()> {
 
 /// `GET /` on the shop as one visitor (the session cookie of a first visit,
 /// sent with every request), each answer a 200.
-pub async fn page_call(web: &Web) -> anyhow::Result<Call> {
+pub(crate) async fn page_call(web: &Web) -> anyhow::Result<Call> {
     let first = Pool::new(web.addr, "/", None);
     let (status, cookie) = first.get().await.context("the first page")?;
     anyhow::ensure!(status == 200, "the first page answered {status}");
@@ -173,7 +173,7 @@ pub async fn page_call(web: &Web) -> anyhow::Result<Call> {
 
 /// The session cookie of a first visit to `web`, for tools that send one
 /// fixed request (wrk).
-pub async fn session_cookie(web: &Web) -> anyhow::Result<String> {
+pub(crate) async fn session_cookie(web: &Web) -> anyhow::Result<String> {
     let (_, cookie) = Pool::new(web.addr, "/", None).get().await?;
     cookie.context("the first page set no session cookie")
 }

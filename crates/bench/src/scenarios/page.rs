@@ -22,7 +22,7 @@ const VARIANTS: [&str; 3] = [
 ];
 
 /// Runs scenario 3.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(3, "Market page GET / vs one Get");
     let cluster = Cluster::start(3, |_| Vec::new()).await?;

@@ -51,7 +51,7 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 const EXPIRY_TTL: u32 = 2;
 
 /// Runs scenarios 6, 7 and 8.
-pub async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
     let mut s6 = Section::new(
         6,
         "Registry propagation: register → watcher notified, vs etcd",

@@ -25,7 +25,7 @@ const VARIANTS: [&str; 3] = [
 ];
 
 /// Runs scenario 2.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(
         2,

@@ -24,7 +24,7 @@ const VARIANTS: [&str; 3] = [
 ];
 
 /// Runs scenario 1.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(
         1,

@@ -18,7 +18,7 @@ use crate::{
 const RATE: f64 = 200.0;
 
 /// Runs scenario 5.
-pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let started = Instant::now();
     let mut section = Section::new(5, "SIGSTOP one of three instances under 200 pages/s");
     let cluster = Cluster::start(3, |_| Vec::new()).await?;
@@ -114,7 +114,7 @@ fn incident(run: &Run, from: Duration) -> Run {
     let mut incident = run.clone();
     incident.hist = loadgen::histogram();
     incident.timeline.clear();
-    for (offset, latency) in run.timeline.iter().filter(|(offset, _)| *offset >= from) {
+    for (_, latency) in run.timeline.iter().filter(|(offset, _)| *offset >= from) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         incident.hist.saturating_record(micros.max(1));
     }
