@@ -76,11 +76,7 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
 
     let registry = Registry::start(&[]).await?;
     let ours = Ours::new(&registry).await?;
-    let etcd = test_support::Etcd::start(1).await;
-    let etcd_exe = std::fs::canonicalize(ETCD).unwrap_or_else(|_| ETCD.into());
-    let etcd_pid = *children_running(&etcd_exe)
-        .first()
-        .context("cannot find the etcd process started for the bench")?;
+    let (etcd, _) = start_etcd(None).await?;
     let theirs = Theirs::new(&etcd.endpoints()).await?;
 
     // 6 (a) idle, and (c) fan-out.
@@ -100,7 +96,15 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
     let expiry = [ours.expiry(expiring).await?, theirs.expiry(expiring).await?];
     let t8 = t8.elapsed();
     // 6 (b) and 7: one side at a time under its fleet.
+    // A fresh registry and a fresh etcd for the fleet, one after the other,
+    // so that each one's memory growth is the fleet's alone and neither
+    // shares the CPU with the other.
+    registry.daemon.stop().await;
+    let old_etcd = etcd_pid(None)?;
+    drop(etcd);
     progress("6 (b) and 7 with the fleet: registryd");
+    let registry = Registry::start(&[]).await?;
+    let ours = Ours::new(&registry).await?;
     let t7 = Instant::now();
     let (ours_busy, ours_cost, ours_per) = {
         let before = memory_kib(registry.daemon.pid())?.0;
@@ -114,9 +118,10 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
         let after = memory_kib(registry.daemon.pid())?.0;
         (busy, cost, per_instance_bytes(before, after, fleet))
     };
-    // The registry is done: stop it so that it does not share the CPU with etcd's turn.
     registry.daemon.stop().await;
     progress("6 (b) and 7 with the fleet: etcd");
+    let (etcd, etcd_pid) = start_etcd(Some(old_etcd)).await?;
+    let theirs = Theirs::new(&etcd.endpoints()).await?;
     let (theirs_busy, theirs_cost, theirs_per) = {
         let before = memory_kib(etcd_pid)?.0;
         let heartbeats = theirs.fleet(fleet).await?;
@@ -263,6 +268,23 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
     s8.charts.push(name);
     s8.took = t8;
     Ok(vec![s6, s7, s8])
+}
+
+/// Starts a one-member etcd with test-support (on tmpfs), and finds its pid
+/// (not `old`, a member stopped just before).
+async fn start_etcd(old: Option<u32>) -> anyhow::Result<(test_support::Etcd, u32)> {
+    let etcd = test_support::Etcd::start(1).await;
+    let pid = etcd_pid(old)?;
+    Ok((etcd, pid))
+}
+
+/// The pid of the etcd this process started, other than `old`.
+fn etcd_pid(old: Option<u32>) -> anyhow::Result<u32> {
+    let exe = std::fs::canonicalize(ETCD).unwrap_or_else(|_| ETCD.into());
+    children_running(&exe)
+        .into_iter()
+        .find(|pid| Some(*pid) != old)
+        .context("cannot find the etcd process started for the bench")
 }
 
 /// Says which part runs now (the registry scenarios take a while).
