@@ -65,6 +65,42 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// The binaries the scenarios start.
+const BINARIES: [&str; 4] = ["registryd", "registryctl", "ratings-server", "market-web"];
+
+/// Under `cargo run`, builds the binaries under test in the same profile,
+/// so that the one command measures the code as it is (cargo cannot make a
+/// binary depend on another package's binaries). Run directly, the bench
+/// uses the binaries beside it as they are.
+async fn build_binaries() -> anyhow::Result<()> {
+    let (Ok(cargo), Some(root)) = (
+        std::env::var("CARGO"),
+        option_env!("CARGO_MANIFEST_DIR")
+            .map(std::path::Path::new)
+            .and_then(|dir| dir.parent()?.parent()),
+    ) else {
+        return Ok(());
+    };
+    if !root.join("Cargo.toml").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "bench: building the binaries under test ({})…",
+        BINARIES.join(", ")
+    );
+    let mut command = tokio::process::Command::new(cargo);
+    command.current_dir(root).args(["build", "--bins"]);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    for name in BINARIES {
+        command.args(["-p", name]);
+    }
+    let status = command.status().await.context("cannot run cargo build")?;
+    anyhow::ensure!(status.success(), "building the binaries under test failed");
+    Ok(())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -89,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         quick: cli.quick,
         out: cli.out.clone(),
     };
+    build_binaries().await?;
     let wanted = |n: u8| cli.only.is_empty() || cli.only.contains(&n);
     let mut report = report::Report {
         mode: if cli.quick { "quick" } else { "full" },
