@@ -60,6 +60,7 @@ pub(crate) fn latency_distribution(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..4f64, ((min * 0.8)..(max * 1.25)).log_scale())

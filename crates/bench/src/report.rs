@@ -16,8 +16,8 @@ pub(crate) struct Row {
     pub(crate) p50: u64,
     /// p99, µs.
     pub(crate) p99: u64,
-    /// p99.9, µs.
-    pub(crate) p999: u64,
+    /// p99.9, µs, when known (wrk does not print it).
+    pub(crate) p999: Option<u64>,
     /// Max, µs.
     pub(crate) max: u64,
     /// Calls (or events) measured.
@@ -35,7 +35,7 @@ impl Row {
             label: label.into(),
             p50: run.quantile_us(0.5),
             p99: run.quantile_us(0.99),
-            p999: run.quantile_us(0.999),
+            p999: Some(run.quantile_us(0.999)),
             max: run.hist.max(),
             count: run.ok + run.errors,
             errors: run.errors,
@@ -245,7 +245,7 @@ impl Section {
                     row.label,
                     ms(row.p50),
                     ms(row.p99),
-                    ms(row.p999),
+                    row.p999.map_or_else(|| "–".to_owned(), ms),
                     ms(row.max),
                     row.count,
                     row.errors,

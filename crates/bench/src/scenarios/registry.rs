@@ -292,6 +292,25 @@ fn progress(what: &str) {
     eprintln!("bench:   {what}…");
 }
 
+/// How late each instance of `due` (its expected removal time) was removed,
+/// from the removals `arrivals` reports as they arrive.
+async fn lateness<K: std::hash::Hash + Eq>(
+    arrivals: &mut mpsc::UnboundedReceiver<(K, Instant)>,
+    mut due: std::collections::HashMap<K, Instant>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    while !due.is_empty() {
+        let (key, at) = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+            .await
+            .context("no removal within 30 s")?
+            .context("the watch ended")?;
+        if let Some(expected) = due.remove(&key) {
+            latencies.push(at.saturating_duration_since(expected));
+        }
+    }
+    Ok(latencies)
+}
+
 /// Stops a fleet's tasks.
 fn stop(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
@@ -479,6 +498,20 @@ impl Ours {
     async fn expiry(&self, n: usize) -> anyhow::Result<Run> {
         let (client, _) = &self.expiry;
         let mut stream = Self::watch(client, "expiry").await?;
+        // Removals are timed as they arrive, while registrations still go on.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                let at = Instant::now();
+                if let Some(Event::Change(change)) = message.event
+                    && change.kind() == ChangeKind::Removed
+                    && change.reason() == RemovalReason::Expired
+                    && let Some(instance) = change.instance
+                {
+                    let _ = tx.send((instance.instance_id, at));
+                }
+            }
+        });
         let mut due = std::collections::HashMap::new();
         for i in 0..n {
             let id = format!("e{i}");
@@ -486,21 +519,9 @@ impl Ours {
             due.insert(id, Instant::now() + Duration::from_secs(EXPIRY_TTL.into()));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut latencies = Vec::new();
-        while !due.is_empty() {
-            let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
-                .await
-                .context("no expiry within 30 s")??
-                .context("the watch ended")?;
-            if let Some(Event::Change(change)) = message.event
-                && change.kind() == ChangeKind::Removed
-                && change.reason() == RemovalReason::Expired
-                && let Some(at) = change.instance.and_then(|i| due.remove(&i.instance_id))
-            {
-                latencies.push(Instant::now().saturating_duration_since(at));
-            }
-        }
-        Ok(events(&latencies))
+        let latencies = lateness(&mut rx, due).await;
+        reader.abort();
+        Ok(events(&latencies?))
     }
 
     /// Registers `n` instances of `fleet` and heartbeats each every 3 s
@@ -714,6 +735,20 @@ impl Theirs {
     async fn expiry(&self, n: usize) -> anyhow::Result<Run> {
         let mut client = self.client.clone();
         let mut stream = Self::watch(&client, "/expiry/").await?;
+        // Deletions are timed as they arrive, while registrations still go on.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(response)) = stream.message().await {
+                let at = Instant::now();
+                for event in response.events() {
+                    if event.event_type() == EventType::Delete
+                        && let Some(kv) = event.kv()
+                    {
+                        let _ = tx.send((kv.key().to_vec(), at));
+                    }
+                }
+            }
+        });
         let mut due = std::collections::HashMap::new();
         for i in 0..n {
             let key = format!("/expiry/e{i}");
@@ -731,22 +766,9 @@ impl Theirs {
                 .await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut latencies = Vec::new();
-        while !due.is_empty() {
-            let response = tokio::time::timeout(Duration::from_secs(30), stream.message())
-                .await
-                .context("no etcd expiry within 30 s")??
-                .context("the etcd watch ended")?;
-            let now = Instant::now();
-            for event in response.events() {
-                if event.event_type() == EventType::Delete
-                    && let Some(at) = event.kv().and_then(|kv| due.remove(kv.key()))
-                {
-                    latencies.push(now.saturating_duration_since(at));
-                }
-            }
-        }
-        Ok(events(&latencies))
+        let latencies = lateness(&mut rx, due).await;
+        reader.abort();
+        Ok(events(&latencies?))
     }
 
     /// Grants `n` leases with a key each under `/fleet/` and keeps each alive
