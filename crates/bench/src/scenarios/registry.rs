@@ -81,14 +81,26 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
 
     // 6 (a) idle, and (c) fan-out.
     progress("6 (a) idle and (c) fan-out");
-    let idle = [
-        ours.propagation(samples).await?,
-        theirs.propagation(samples).await?,
-    ];
-    let fan = [
-        ours.fan_out(watchers, fan_rounds).await?,
-        theirs.fan_out(watchers, fan_rounds).await?,
-    ];
+    // Interleaved, one sample of each side in turn, so both see the same
+    // moments of a noisy machine.
+    let idle = {
+        let (mut o, mut t) = (ours.prober().await?, theirs.prober().await?);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..samples {
+            a.push(o.sample().await?);
+            b.push(t.sample().await?);
+        }
+        [events(&a), events(&b)]
+    };
+    let fan = {
+        let (mut o, mut t) = (ours.fan(watchers).await?, theirs.fan(watchers).await?);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..fan_rounds {
+            a.extend(o.round(r).await?);
+            b.extend(t.round(r).await?);
+        }
+        [events(&a), events(&b)]
+    };
     let t6 = t6.elapsed();
     // 8: expiry.
     progress("8 expiry");
@@ -142,7 +154,8 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
 
     // Scenario 6's report.
     s6.note(format!(
-        "{samples} registrations one after the other per case; (b) with {fleet} instances of another \
+        "{samples} registrations one after the other per case, (a) and (c) interleaved between \
+         registryd and etcd; (b) with {fleet} instances of another \
          service (etcd: another prefix) heartbeating every {} s; (c) {watchers} watchers over 10 \
          connections, {fan_rounds} registrations, one latency per watcher and registration.",
         HEARTBEAT.as_secs()
@@ -330,7 +343,80 @@ fn events(latencies: &[Duration]) -> Run {
     run
 }
 
+/// One side's fan-out: watchers that report each arrival, and a way to
+/// register instance `r`.
+struct FanOut<K> {
+    watchers: usize,
+    arrivals: mpsc::UnboundedReceiver<(K, Instant)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Registers instance `r`: its key and when the registration started.
+    #[allow(clippy::type_complexity)]
+    register: Box<
+        dyn Fn(
+                usize,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = anyhow::Result<(K, Instant)>> + Send>,
+            > + Send
+            + Sync,
+    >,
+}
+
+impl<K: PartialEq> FanOut<K> {
+    /// Registers instance `r` and waits until every watcher saw it: each
+    /// watcher's latency.
+    async fn round(&mut self, r: usize) -> anyhow::Result<Vec<Duration>> {
+        let (key, start) = (self.register)(r).await?;
+        let mut latencies = Vec::with_capacity(self.watchers);
+        while latencies.len() < self.watchers {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(30), self.arrivals.recv())
+                .await
+                .context("the watchers were not all notified within 30 s")?
+                .context("every watcher ended")?;
+            if got == key {
+                latencies.push(at.saturating_duration_since(start));
+            }
+        }
+        Ok(latencies)
+    }
+}
+
+impl<K> Drop for FanOut<K> {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 // === registryd ===
+
+/// Registers instances of `bench` one at a time and times each until the
+/// watcher sees it.
+struct OursProber {
+    client: RegistryClient,
+    stream: tonic::Streaming<pb::WatchResponse>,
+    round: u32,
+    next: usize,
+}
+
+impl OursProber {
+    async fn sample(&mut self) -> anyhow::Result<Duration> {
+        let id = format!("p{}-{}", self.round, self.next);
+        self.next += 1;
+        let start = Instant::now();
+        let lease = Ours::register(&self.client, "bench", &id, 30).await?;
+        Ours::wait_for(&mut self.stream, ChangeKind::Added, &id).await?;
+        let took = start.elapsed();
+        self.client
+            .clone()
+            .deregister(pb::DeregisterRequest {
+                lease_id: lease,
+                ..Default::default()
+            })
+            .await?;
+        Ok(took)
+    }
+}
 
 /// The registry side: a client per service (each has its own token).
 struct Ours {
@@ -421,78 +507,67 @@ impl Ours {
         anyhow::bail!("the watch of {id} ended")
     }
 
-    async fn propagation(&self, samples: usize) -> anyhow::Result<Run> {
+    /// A watcher of `bench` and a client that registers there.
+    async fn prober(&self) -> anyhow::Result<OursProber> {
         let (client, _) = &self.bench;
-        let mut stream = Self::watch(client, "bench").await?;
+        Ok(OursProber {
+            stream: Self::watch(client, "bench").await?,
+            client: client.clone(),
+            round: rand_suffix(),
+            next: 0,
+        })
+    }
+
+    /// `samples` propagation latencies, one after the other.
+    async fn propagation(&self, samples: usize) -> anyhow::Result<Run> {
+        let mut prober = self.prober().await?;
         let mut latencies = Vec::new();
-        let round = rand_suffix();
-        for i in 0..samples {
-            let id = format!("p{round}-{i}");
-            let start = Instant::now();
-            let lease = Self::register(client, "bench", &id, 30).await?;
-            Self::wait_for(&mut stream, ChangeKind::Added, &id).await?;
-            latencies.push(start.elapsed());
-            client
-                .clone()
-                .deregister(pb::DeregisterRequest {
-                    lease_id: lease,
-                    ..Default::default()
-                })
-                .await?;
+        for _ in 0..samples {
+            latencies.push(prober.sample().await?);
         }
         Ok(events(&latencies))
     }
 
-    async fn fan_out(&self, watchers: usize, rounds: usize) -> anyhow::Result<Run> {
-        let (_, token) = &self.fan;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    /// `watchers` watchers of `fan`, over a connection per 100 (the
+    /// registry serves at most 256 calls per connection).
+    async fn fan(&self, watchers: usize) -> anyhow::Result<FanOut<String>> {
+        let (client, token) = &self.fan;
+        let (tx, rx) = mpsc::unbounded_channel::<(String, Instant)>();
+        let mut connections = Vec::new();
+        for _ in 0..watchers.div_ceil(100) {
+            connections.push(registry_client::connect(&self.url, token)?);
+        }
         let mut tasks = Vec::new();
         for w in 0..watchers {
-            // A connection per 100 watchers: the registry serves at most 256
-            // calls per connection.
-            if w % 100 == 0 {
-                tasks.push(registry_client::connect(&self.url, token)?);
-            }
-        }
-        let connections = tasks;
-        let mut handles = Vec::new();
-        for w in 0..watchers {
-            let client = connections[w / 100].clone();
-            let mut stream = Self::watch(&client, "fan").await?;
+            let mut stream = Self::watch(&connections[w / 100], "fan").await?;
             let tx = tx.clone();
-            handles.push(tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 while let Ok(Some(message)) = stream.message().await {
+                    let at = Instant::now();
                     if let Some(Event::Change(change)) = message.event
                         && change.kind() == ChangeKind::Added
                         && let Some(instance) = change.instance
                     {
-                        let _ = tx.send((instance.instance_id, Instant::now()));
+                        let _ = tx.send((instance.instance_id, at));
                     }
                 }
             }));
         }
-        let client = &self.fan.0;
-        let mut latencies = Vec::new();
-        for r in 0..rounds {
-            let id = format!("f{r}");
-            let start = Instant::now();
-            Self::register(client, "fan", &id, 30).await?;
-            let mut seen = 0;
-            while seen < watchers {
-                let (got, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                    .await
-                    .context("the watchers were not all notified within 30 s")?
-                    .context("every watcher ended")?;
-                if got == id {
-                    seen += 1;
-                    latencies.push(at - start);
-                }
-            }
-        }
-        for handle in handles {
-            handle.abort();
-        }
-        Ok(events(&latencies))
+        let client = client.clone();
+        Ok(FanOut {
+            watchers,
+            arrivals: rx,
+            tasks,
+            register: Box::new(move |r| {
+                let client = client.clone();
+                Box::pin(async move {
+                    let id = format!("f{r}");
+                    let start = Instant::now();
+                    Ours::register(&client, "fan", &id, 30).await?;
+                    Ok((id, start))
+                })
+            }),
+        })
     }
 
     async fn expiry(&self, n: usize) -> anyhow::Result<Run> {
@@ -585,6 +660,35 @@ where
 
 // === etcd ===
 
+/// Puts keys under `/bench/` (each on a lease granted beforehand) one at a
+/// time and times each until the watcher sees it.
+struct TheirsProber {
+    client: etcd_client::Client,
+    stream: etcd_client::WatchStream,
+    round: u32,
+    next: usize,
+}
+
+impl TheirsProber {
+    async fn sample(&mut self) -> anyhow::Result<Duration> {
+        let key = format!("/bench/p{}-{}", self.round, self.next);
+        self.next += 1;
+        let lease = self.client.lease_grant(30, None).await?.id();
+        let start = Instant::now();
+        self.client
+            .put(
+                key.clone(),
+                "http://127.0.0.1:9",
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Theirs::wait_for(&mut self.stream, EventType::Put, &key).await?;
+        let took = start.elapsed();
+        self.client.lease_revoke(lease).await?;
+        Ok(took)
+    }
+}
+
 /// The etcd side.
 struct Theirs {
     endpoints: String,
@@ -655,40 +759,38 @@ impl Theirs {
         anyhow::bail!("the etcd watch of {key} ended")
     }
 
+    /// A watcher of `/bench/` and a client that puts keys there.
+    async fn prober(&self) -> anyhow::Result<TheirsProber> {
+        Ok(TheirsProber {
+            stream: Self::watch(&self.client, "/bench/").await?,
+            client: self.client.clone(),
+            round: rand_suffix(),
+            next: 0,
+        })
+    }
+
+    /// `samples` propagation latencies, one after the other.
     async fn propagation(&self, samples: usize) -> anyhow::Result<Run> {
-        let mut client = self.client.clone();
-        let mut stream = Self::watch(&client, "/bench/").await?;
+        let mut prober = self.prober().await?;
         let mut latencies = Vec::new();
-        let round = rand_suffix();
-        for i in 0..samples {
-            let key = format!("/bench/p{round}-{i}");
-            let lease = client.lease_grant(30, None).await?.id();
-            let start = Instant::now();
-            client
-                .put(
-                    key.clone(),
-                    "http://127.0.0.1:9",
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await?;
-            Self::wait_for(&mut stream, EventType::Put, &key).await?;
-            latencies.push(start.elapsed());
-            client.lease_revoke(lease).await?;
+        for _ in 0..samples {
+            latencies.push(prober.sample().await?);
         }
         Ok(events(&latencies))
     }
 
-    async fn fan_out(&self, watchers: usize, rounds: usize) -> anyhow::Result<Run> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+    /// `watchers` watchers of `/fan/`, over a connection per 100.
+    async fn fan(&self, watchers: usize) -> anyhow::Result<FanOut<Vec<u8>>> {
+        let (tx, rx) = mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
         let mut connections = Vec::new();
         for _ in 0..watchers.div_ceil(100) {
             connections.push(etcd_client::Client::connect([self.endpoints.as_str()], None).await?);
         }
-        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
         for w in 0..watchers {
             let mut stream = Self::watch(&connections[w / 100], "/fan/").await?;
             let tx = tx.clone();
-            handles.push(tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 while let Ok(Some(response)) = stream.message().await {
                     let at = Instant::now();
                     for event in response.events() {
@@ -701,35 +803,28 @@ impl Theirs {
                 }
             }));
         }
-        let mut client = self.client.clone();
-        let mut latencies = Vec::new();
-        for r in 0..rounds {
-            let key = format!("/fan/f{r}");
-            let lease = client.lease_grant(30, None).await?.id();
-            let start = Instant::now();
-            client
-                .put(
-                    key.clone(),
-                    "http://127.0.0.1:9",
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await?;
-            let mut seen = 0;
-            while seen < watchers {
-                let (got, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                    .await
-                    .context("the etcd watchers were not all notified within 30 s")?
-                    .context("every etcd watcher ended")?;
-                if got == key.as_bytes() {
-                    seen += 1;
-                    latencies.push(at - start);
-                }
-            }
-        }
-        for handle in handles {
-            handle.abort();
-        }
-        Ok(events(&latencies))
+        let client = self.client.clone();
+        Ok(FanOut {
+            watchers,
+            arrivals: rx,
+            tasks,
+            register: Box::new(move |r| {
+                let mut client = client.clone();
+                Box::pin(async move {
+                    let key = format!("/fan/f{r}");
+                    let lease = client.lease_grant(30, None).await?.id();
+                    let start = Instant::now();
+                    client
+                        .put(
+                            key.clone(),
+                            "http://127.0.0.1:9",
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                        .await?;
+                    Ok((key.into_bytes(), start))
+                })
+            }),
+        })
     }
 
     async fn expiry(&self, n: usize) -> anyhow::Result<Run> {
