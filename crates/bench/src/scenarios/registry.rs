@@ -350,16 +350,16 @@ struct FanOut<K> {
     arrivals: mpsc::UnboundedReceiver<(K, Instant)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Registers instance `r`: its key and when the registration started.
-    #[allow(clippy::type_complexity)]
-    register: Box<
-        dyn Fn(
-                usize,
-            ) -> std::pin::Pin<
-                Box<dyn std::future::Future<Output = anyhow::Result<(K, Instant)>> + Send>,
-            > + Send
-            + Sync,
-    >,
+    register: Register<K>,
 }
+
+/// Registers instance `r` of a fan-out: its key and when the registration
+/// started.
+type Register<K> = Box<
+    dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<(K, Instant)>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl<K: PartialEq> FanOut<K> {
     /// Registers instance `r` and waits until every watcher saw it: each
