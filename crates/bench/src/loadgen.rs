@@ -247,3 +247,52 @@ where
     run.elapsed = start.elapsed();
     run
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closed_loop_counts_calls_and_instances() {
+        let run = closed_loop(2, Duration::from_millis(100), || async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(7)
+        })
+        .await;
+        assert!(run.ok > 10, "{} calls", run.ok);
+        assert_eq!(run.errors, 0);
+        assert_eq!(run.shares().get(&7).copied(), Some(100.0));
+        assert!(run.quantile_us(0.5) >= 5_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_counts_latency_from_the_intended_send_time() {
+        // The first call stalls the sender itself for 50 ms: the calls
+        // meant to go out meanwhile are sent late, and their latency must
+        // include that wait (no coordinated omission).
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let run = open_loop(200.0, Duration::from_millis(100), 100, move || {
+            if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            async { Ok(0) }
+        })
+        .await;
+        assert_eq!(run.ok, 20);
+        assert_eq!(run.timeline.len(), 20);
+        // The second call was meant 5 ms in and sent ~50 ms in.
+        let (offset, latency) = run.timeline[1];
+        assert_eq!(offset, Duration::from_millis(5));
+        assert!(latency >= Duration::from_millis(40), "{latency:?}");
+        // Calls meant after the stall are on time again.
+        let (_, last) = run.timeline[19];
+        assert!(last < latency, "{last:?} vs {latency:?}");
+    }
+}
