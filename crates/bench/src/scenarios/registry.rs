@@ -76,13 +76,24 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
 
     let registry = Registry::start(&[]).await?;
     let ours = Ours::new(&registry).await?;
-    let (etcd, _) = start_etcd(None).await?;
+    let (etcd, first_etcd) = start_etcd(None).await?;
+    let meter = || {
+        Meter::start([
+            Metered::of(&registry.daemon),
+            Metered {
+                name: "etcd".into(),
+                pid: first_etcd,
+            },
+            Metered::this("clients and watchers"),
+        ])
+    };
     let theirs = Theirs::new(&etcd.endpoints()).await?;
 
     // 6 (a) idle, and (c) fan-out.
     progress("6 (a) idle and (c) fan-out");
     // Interleaved, one sample of each side in turn, so both see the same
     // moments of a noisy machine.
+    let metered = meter();
     let idle = {
         let (mut o, mut t) = (ours.prober().await?, theirs.prober().await?);
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -92,6 +103,8 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
         }
         [events(&a), events(&b)]
     };
+    let idle_cost = metered.finish();
+    let metered = meter();
     let fan = {
         let (mut o, mut t) = (ours.fan(watchers).await?, theirs.fan(watchers).await?);
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -105,14 +118,17 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
     // 8: expiry.
     progress("8 expiry");
     let t8 = Instant::now();
+    let fan_cost = metered.finish();
+    let metered = meter();
     let expiry = [ours.expiry(expiring).await?, theirs.expiry(expiring).await?];
+    let expiry_cost = metered.finish();
     let t8 = t8.elapsed();
     // 6 (b) and 7: one side at a time under its fleet.
     // A fresh registry and a fresh etcd for the fleet, one after the other,
     // so that each one's memory growth is the fleet's alone and neither
     // shares the CPU with the other.
     registry.daemon.stop().await;
-    let old_etcd = etcd_pid(None)?;
+    let old_etcd = first_etcd;
     drop(etcd);
     progress("6 (b) and 7 with the fleet: registryd");
     let registry = Registry::start(&[]).await?;
@@ -160,7 +176,17 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
          connections, {fan_rounds} registrations, one latency per watcher and registration.",
         HEARTBEAT.as_secs()
     ));
-    let cases = ["idle", "fleet heartbeating", "1,000 watchers"];
+    s6.note("The costs of (b) are scenario 7's table.");
+    s6.costs
+        .push(("(a) idle, both sides in turn".to_owned(), idle_cost));
+    s6.costs.push((
+        "(c) 1,000 watchers each, both sides in turn".to_owned(),
+        fan_cost,
+    ));
+    s8.costs
+        .push(("expiry, registryd then etcd".to_owned(), expiry_cost));
+    let busy_case = format!("{fleet} live, heartbeating");
+    let cases = ["idle", busy_case.as_str(), "1,000 watchers"];
     let pairs = [
         (&idle[0], &idle[1]),
         (&ours_busy, &theirs_busy),
