@@ -3,7 +3,8 @@
 #
 # It installs the system packages the tests need when they are missing, builds
 # every binary of the workspace (the whole-system tests start them as real
-# processes), then runs every test of every crate.
+# processes), runs every test of every crate, then the benchmark suite's smoke
+# run (`bench --quick`), so that the suite never rots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,10 +34,19 @@ need chromedriver chromium-driver
 need etcd etcd-server
 need etcdctl etcd-client
 need protoc protobuf-compiler
+# The benchmark suite checks its own load generator against wrk.
+need wrk wrk
 if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
     need_package libprotobuf-dev
 fi
 
 features=(--features registryd/etcd)
 cargo build --workspace --bins --locked "${features[@]}"
-cargo test --workspace --locked --no-fail-fast "${features[@]}"
+tests_status=0
+cargo test --workspace --locked --no-fail-fast "${features[@]}" || tests_status=$?
+
+# The benchmark suite's smoke run (under 2 minutes on 2 cores, once built); it
+# builds the binaries it starts in release mode, and writes its report to
+# target/bench-report/.
+cargo run --release --locked -p bench -- --quick
+exit "$tests_status"

@@ -1,0 +1,160 @@
+//! Scenario 1: unary `Get` through the full stack over three healthy
+//! instances, against a direct tonic `Channel` to one instance and tonic's
+//! `balance_channel` over the same three, in closed loop at several
+//! concurrencies. The three are interleaved (round r runs them in an order
+//! rotated by r) and the targets compare the medians of the rounds.
+
+use std::time::Instant;
+
+use crate::{
+    charts,
+    loadgen::{self, Runs},
+    procs::{Cluster, Meter, Metered},
+    report::{Check, Row, Section},
+    scenarios::{
+        Call, Config, balance_channel_call, caller, contract_stack_call, direct_call, warm_up,
+    },
+};
+
+/// The callers compared, in report order.
+const VARIANTS: [&str; 3] = [
+    "full stack (p2c)",
+    "direct Channel (1 instance)",
+    "balance_channel (3)",
+];
+
+/// Runs scenario 1.
+pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
+    let started = Instant::now();
+    let mut section = Section::new(
+        1,
+        "Unary Get: full stack vs direct Channel vs balance_channel",
+    );
+    let cluster = Cluster::start(3, |_| Vec::new()).await?;
+    let calls: [Call; 3] = [
+        contract_stack_call(&cluster.registry).await?,
+        direct_call(&cluster).await?,
+        balance_channel_call(&cluster)?,
+    ];
+    for call in &calls {
+        warm_up(call, 200).await?;
+    }
+    let levels: Vec<usize> = cfg.pick(vec![1, 4, 16, 64], vec![1, 64]);
+    let rounds = cfg.pick(5, 2);
+    let duration = cfg.secs(2.0, 0.6);
+    section.note(format!(
+        "Closed loop at concurrency {levels:?}; {rounds} interleaved rounds of {:.1} s per caller and \
+         concurrency; the client runs in the bench process, the three `ratings-server`s and \
+         `registryd` are separate processes.",
+        duration.as_secs_f64()
+    ));
+    section.note(
+        "Latency rows add up every round; the target ratios use the medians of the rounds' \
+         throughputs and p99s.",
+    );
+
+    let mut points: Vec<(String, Vec<(usize, f64)>)> = VARIANTS
+        .iter()
+        .map(|v| ((*v).to_owned(), Vec::new()))
+        .collect();
+    for &concurrency in &levels {
+        let mut runs: [Runs; 3] = [Runs::new(), Runs::new(), Runs::new()];
+        for round in 0..rounds {
+            for k in 0..3 {
+                let v = (round + k) % 3;
+                let mut procs: Vec<Metered> =
+                    cluster.daemons().into_iter().map(Metered::of).collect();
+                procs.push(Metered::this("client + load generator"));
+                let meter = Meter::start(procs);
+                let run = loadgen::closed_loop(concurrency, duration, caller(&calls[v])).await;
+                if concurrency == *levels.last().unwrap_or(&1) && round == rounds - 1 {
+                    section
+                        .costs
+                        .push((format!("{} c={concurrency}", VARIANTS[v]), meter.finish()));
+                }
+                runs[v].runs.push(run);
+            }
+        }
+        let rows: Vec<Row> = VARIANTS
+            .iter()
+            .zip(&runs)
+            .map(|(name, r)| {
+                let mut row = Row::of(*name, &r.merged());
+                row.throughput = Some(r.median(loadgen::Run::throughput));
+                row
+            })
+            .collect();
+        section.tables.push((
+            format!("Concurrency {concurrency} (throughput: median of rounds)"),
+            rows,
+        ));
+        for (v, r) in runs.iter().enumerate() {
+            points[v]
+                .1
+                .push((concurrency, r.median(loadgen::Run::throughput)));
+        }
+        if concurrency == 1 || concurrency == 64 {
+            checks(&mut section, concurrency, &runs);
+            let (path, name) = cfg.chart(&format!("s1-latency-c{concurrency}.svg"));
+            let merged: Vec<_> = runs.iter().map(Runs::merged).collect();
+            let series: Vec<(String, &hdrhistogram::Histogram<u64>)> = VARIANTS
+                .iter()
+                .zip(&merged)
+                .map(|(v, run)| ((*v).to_owned(), &run.hist))
+                .collect();
+            charts::latency_distribution(
+                &path,
+                &format!("Scenario 1: Get latency, concurrency {concurrency}"),
+                &series,
+            )?;
+            section.charts.push(name);
+        }
+    }
+    let (path, name) = cfg.chart("s1-throughput.svg");
+    charts::throughput(
+        &path,
+        "Scenario 1: Get throughput vs concurrency (median of rounds)",
+        &points,
+    )?;
+    section.charts.push(name);
+    section.took = started.elapsed();
+    Ok(section)
+}
+
+/// The targets at one concurrency.
+fn checks(section: &mut Section, concurrency: usize, runs: &[Runs; 3]) {
+    let tput = |v: usize| runs[v].median(loadgen::Run::throughput);
+    let p99 = |v: usize| runs[v].median(|r| r.quantile_us(0.99) as f64);
+    let (stack, direct, balance) = (tput(0), tput(1), tput(2));
+    section.checks.push(Check::ratio(
+        format!("c={concurrency}: throughput ≥ 0.90× direct Channel"),
+        stack / direct,
+        0.90,
+        true,
+        format!("{stack:.0} vs {direct:.0} req/s"),
+    ));
+    section.checks.push(Check::ratio(
+        format!("c={concurrency}: throughput ≥ 1.0× balance_channel"),
+        stack / balance,
+        1.0,
+        true,
+        format!("{stack:.0} vs {balance:.0} req/s"),
+    ));
+    section.checks.push(Check::ratio(
+        format!("c={concurrency}: p99 ≤ 1.15× direct Channel"),
+        p99(0) / p99(1),
+        1.15,
+        false,
+        format!("{:.3} vs {:.3} ms", p99(0) / 1000.0, p99(1) / 1000.0),
+    ));
+    let shares = runs[0].merged().shares();
+    let listed: Vec<String> = (1..=3)
+        .map(|i| format!("#{i} {:.1} %", shares.get(&i).copied().unwrap_or(0.0)))
+        .collect();
+    let pass = (1..=3).all(|i| (25.0..=42.0).contains(&shares.get(&i).copied().unwrap_or(0.0)));
+    section.checks.push(Check::plain(
+        format!("c={concurrency}: each healthy instance gets 25–42 % of calls"),
+        listed.join(", "),
+        pass,
+    ));
+}
