@@ -36,6 +36,11 @@ pub enum InvalidArgument {
         "invalid {0}: use 32 to 256 printable ASCII characters without spaces, or leave it empty"
     )]
     Token(&'static str),
+    /// The service token and the consumer token provided are the same.
+    #[error(
+        "token and consumer_token are the same: give each its own, or leave either empty to get a new one"
+    )]
+    SameTokens,
     /// Neither a lease nor an instance was named.
     #[error("name the instance to deregister: give lease_id, or service and instance_id")]
     DeregisterTarget,
