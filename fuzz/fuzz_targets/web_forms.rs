@@ -289,12 +289,22 @@ async fn post(
         }
         assert!(
             contains(&decoded, visitor.csrf.as_bytes()),
-            "a post without the session's token changed its cart"
+            "a post without the session's token changed its cart: {:?}",
+            String::from_utf8_lossy(&bytes)
         );
-        let value = visitor.cookie.split_once('=').expect("name=value").1;
+        // The value as a cookie parser reads it (`Set-Cookie` percent-encodes).
+        let value = percent_decode(
+            visitor
+                .cookie
+                .split_once('=')
+                .expect("name=value")
+                .1
+                .as_bytes(),
+            false,
+        );
         assert!(
-            contains(&cookies, value.as_bytes()),
-            "a post without the session's cookie changed its cart"
+            contains(&cookies, &value),
+            "a post without the session's cookie changed its cart: {cookie_value:?}"
         );
         let one_change = ITEMS.iter().any(|item| {
             let mut added = visitor.cart.clone();
