@@ -620,7 +620,7 @@ impl Run {
                     Some(Who::Admin) => Ok(()),
                     Some(_) => Err(Code::PermissionDenied),
                 };
-                let result = self.api.list_services(request!(req.clone())).await;
+                let result = self.api.list_services(request!(req)).await;
                 let Some(response) = outcome("ListServices", &req, expected, result) else {
                     return;
                 };
@@ -692,7 +692,7 @@ impl Run {
                 let expected = who.as_ref().map_or(Err(Code::Unauthenticated), |who| {
                     expect_lease(who, holder.as_ref())
                 });
-                let result = self.api.heartbeat(request!(req.clone())).await;
+                let result = self.api.heartbeat(request!(req)).await;
                 let Some(response) = outcome("Heartbeat", &req, expected, result) else {
                     return;
                 };
