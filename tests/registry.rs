@@ -812,6 +812,14 @@ async fn provisioned_tokens_work_and_create_service_can_be_idempotent(store: Sto
         String::from_utf8_lossy(&again.stderr)
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    // A token grants one thing: another service cannot be given this one.
+    let reused = run(&["create-service", "billing", "--token-env", "ORDERS_TOKEN"]).await;
+    assert!(!reused.status.success(), "a token in use was given again");
+    assert!(
+        String::from_utf8_lossy(&reused.stderr).contains("already in use"),
+        "{}",
+        String::from_utf8_lossy(&reused.stderr)
+    );
     register(&mut s.registry.client(token), "orders", "o1", 9001).await;
 }
 

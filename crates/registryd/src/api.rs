@@ -249,6 +249,9 @@ impl From<StoreError> for Status {
                 Status::already_exists(message)
             }
             StoreError::WrongService { .. } => Status::permission_denied(message),
+            // Not `ALREADY_EXISTS`: that says the service exists, and
+            // `registryctl create-service --if-missing` takes it as success.
+            StoreError::TokenInUse => Status::failed_precondition(message),
             StoreError::Persist(_) => {
                 tracing::error!(error = %message, "catalog write failed");
                 Status::internal("the registry could not save its catalog; nothing was changed")
@@ -339,13 +342,21 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         let token = provided_or_new(req.token, "token", TokenKind::Service)?;
         let consumer_token =
             provided_or_new(req.consumer_token, "consumer_token", TokenKind::Consumer)?;
+        if token == consumer_token {
+            return Err(InvalidArgument::SameTokens.into());
+        }
         require_admin(&principal, "CreateService")?;
+        let (token_hash, consumer_hash) = (TokenHash::of(&token), TokenHash::of(&consumer_token));
+        // Only now, for the admin alone: the admin token is never a service's.
+        if token_hash == self.admin || consumer_hash == self.admin {
+            return Err(StoreError::TokenInUse.into());
+        }
         let info = self
             .store
             .create_service(NewService {
                 name,
-                token: TokenHash::of(&token),
-                consumer_token: TokenHash::of(&consumer_token),
+                token: token_hash,
+                consumer_token: consumer_hash,
             })
             .await?;
         tracing::info!(service = %info.name, "created service {}", info.name);
@@ -501,3 +512,6 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! The registry's domain types, each validated when it is built from untrusted
 //! input, so the store only ever sees well-formed values.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt, net::Ipv6Addr, str::FromStr, time::Duration};
 
 /// Why a request field was refused. Each message names the field, what was wrong
 /// and what is accepted.
@@ -36,6 +36,11 @@ pub enum InvalidArgument {
         "invalid {0}: use 32 to 256 printable ASCII characters without spaces, or leave it empty"
     )]
     Token(&'static str),
+    /// The service token and the consumer token provided are the same.
+    #[error(
+        "token and consumer_token are the same: give each its own, or leave either empty to get a new one"
+    )]
+    SameTokens,
     /// Neither a lease nor an instance was named.
     #[error("name the instance to deregister: give lease_id, or service and instance_id")]
     DeregisterTarget,
@@ -145,13 +150,31 @@ impl FromStr for Address {
             return Err(bad("it has a path, query or user part"));
         }
         let authority: http::uri::Authority = rest.parse().map_err(|_| bad("it does not parse"))?;
-        if authority.host().is_empty() {
+        let host = authority.host();
+        if host.is_empty() {
             return Err(bad("the host is missing"));
         }
-        match authority.port_u16() {
-            Some(0) => Err(bad("port 0 is not reachable")),
-            Some(_) => Ok(Self(format!("{scheme}://{authority}"))),
-            None => Err(bad("the port is missing")),
+        // `http` checks only that brackets match; inside them must be an
+        // IPv6 address.
+        if let Some(literal) = host.strip_prefix('[')
+            && literal
+                .strip_suffix(']')
+                .is_none_or(|ip| ip.parse::<Ipv6Addr>().is_err())
+        {
+            return Err(bad("the host in brackets is not an IPv6 address"));
+        }
+        // `http` reads the port as Rust reads a `u16`, sign included: only
+        // digits are a port, and the number is written back without leading
+        // zeros, so that one endpoint has one address.
+        let Some(port) = authority.port() else {
+            return Err(bad("the port is missing or not from 1 to 65535"));
+        };
+        if !port.as_str().bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the port is not a number"));
+        }
+        match port.as_u16() {
+            0 => Err(bad("port 0 is not reachable")),
+            port => Ok(Self(format!("{scheme}://{host}:{port}"))),
         }
     }
 }
@@ -384,6 +407,10 @@ mod tests {
             ("http://127.0.0.1:8001/", "http://127.0.0.1:8001"),
             ("https://ratings.example:443", "https://ratings.example:443"),
             ("[::1]:8001", "http://[::1]:8001"),
+            // Found by the `registry_requests` fuzz target: the port was kept
+            // as written (`:029933`), so one endpoint had many addresses.
+            ("127.0.0.1:08001", "http://127.0.0.1:8001"),
+            ("127.0.0.1:000080", "http://127.0.0.1:80"),
         ];
         for (given, normalized) in cases {
             assert_eq!(
@@ -400,6 +427,12 @@ mod tests {
             "127.0.0.1:99999",
             "user@host:80",
             ":80",
+            // Seen while writing that target's address check: `http` reads a
+            // port as a `u16`, sign included, and checks only that brackets
+            // match.
+            "127.0.0.1:+8001",
+            "[]:80",
+            "[ratings]:80",
         ] {
             assert!(bad.parse::<Address>().is_err(), "{bad:?} was accepted");
         }

@@ -324,6 +324,9 @@ impl EtcdStore {
         service: NewService,
         retried: bool,
     ) -> Result<ServiceInfo, StoreError> {
+        if service.token == service.consumer_token {
+            return Err(StoreError::TokenInUse);
+        }
         let created_at_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -341,8 +344,13 @@ impl EtcdStore {
             .unwrap_or_default()
         };
         let key = self.service_key(&service.name);
+        // A token grants one thing: the tokens must not be another's already.
         let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .when([
+                Compare::version(key.clone(), CompareOp::Equal, 0),
+                Compare::version(self.token_key(&service.token), CompareOp::Equal, 0),
+                Compare::version(self.token_key(&service.consumer_token), CompareOp::Equal, 0),
+            ])
             .and_then([
                 TxnOp::put(key, record, None),
                 TxnOp::put(self.alive_key(&service.name), "", None),
@@ -355,23 +363,22 @@ impl EtcdStore {
             .txn(txn)
             .await
             .map_err(unavailable)?;
-        if !done.succeeded() && !retried {
-            return Err(StoreError::ServiceExists(service.name));
-        }
         if !done.succeeded() {
-            // A retry of a creation whose answer was lost finds its own token:
-            // that is a success, not a conflict.
+            // Either the service exists, or a token is another's. A retry of a
+            // creation whose answer was lost finds the service with its own
+            // token: that is a success, not a conflict.
             let existing = self
                 .client
                 .kv_client()
                 .get(self.service_key(&service.name), None)
                 .await
                 .map_err(unavailable)?;
-            let ours = existing.kvs().first().and_then(|kv| {
-                serde_json::from_slice::<StoredService>(kv.value())
-                    .ok()
-                    .filter(|stored| stored.token_sha256 == service.token.to_string())
-            });
+            let Some(kv) = existing.kvs().first() else {
+                return Err(StoreError::TokenInUse);
+            };
+            let ours = serde_json::from_slice::<StoredService>(kv.value())
+                .ok()
+                .filter(|stored| retried && stored.token_sha256 == service.token.to_string());
             return match ours {
                 Some(stored) => Ok(ServiceInfo {
                     name: service.name,

@@ -421,6 +421,14 @@ impl Store for MemoryStore {
             if state.services.contains_key(&service.name) {
                 return Err(StoreError::ServiceExists(service.name));
             }
+            // A token grants one thing: another's token given again would
+            // silently take that grant over.
+            if service.token == service.consumer_token
+                || state.tokens.contains_key(&service.token)
+                || state.tokens.contains_key(&service.consumer_token)
+            {
+                return Err(StoreError::TokenInUse);
+            }
             let mut catalog: Vec<StoredService> = state
                 .services
                 .iter()

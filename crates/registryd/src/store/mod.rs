@@ -37,6 +37,12 @@ pub enum StoreError {
     /// The service is already in the catalog.
     #[error("service '{0}' already exists; delete it first to get new tokens")]
     ServiceExists(ServiceName),
+    /// A provided token is already some service's, or the admin's: a token
+    /// grants one thing only.
+    #[error(
+        "a provided token is already in use; provide another, or leave it empty to get a new one"
+    )]
+    TokenInUse,
     /// The lease is unknown: it expired, was revoked, or never existed.
     #[error("lease {0} is unknown or expired; register the instance again")]
     NoSuchLease(LeaseId),

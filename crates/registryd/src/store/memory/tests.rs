@@ -531,3 +531,40 @@ mod model {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_in_use_is_refused_and_keeps_its_grant() {
+    let store = store_with(&["orders"]).await;
+    // Another service's service or consumer token, or one token for both.
+    for (token, consumer) in [
+        ("svc_orders", "con_billing"),
+        ("svc_billing", "con_orders"),
+        ("svc_billing", "svc_billing"),
+    ] {
+        let refused = store
+            .create_service(NewService {
+                name: name("billing"),
+                token: TokenHash::of(token),
+                consumer_token: TokenHash::of(consumer),
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::TokenInUse)),
+            "{token}, {consumer}: {refused:?}"
+        );
+    }
+    for (token, kind) in [
+        ("svc_orders", TokenKind::Service),
+        ("con_orders", TokenKind::Consumer),
+    ] {
+        let grant = store.lookup_token(&TokenHash::of(token)).await.unwrap();
+        assert_eq!(
+            grant,
+            Some(Grant {
+                service: name("orders"),
+                kind
+            })
+        );
+    }
+    assert_eq!(store.list_services().await.unwrap().len(), 1);
+}
