@@ -107,6 +107,9 @@ pub const MAX_MESSAGE: usize = 4 * 1024;
 /// with `--delay`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest request header block.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
 /// How long, at shutdown, calls in flight may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,6 +161,7 @@ pub async fn serve_with_tls(
         // connection cannot hold more than this many calls at once.
         .timeout(CALL_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE));

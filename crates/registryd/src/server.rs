@@ -13,6 +13,13 @@ use crate::{api::RegistryApi, store::Store};
 /// metadata is about 5 KiB. A larger one is refused with OUT_OF_RANGE.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
+/// The longest a call may take to answer before DEADLINE_EXCEEDED.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest request header block (the token and gRPC's own headers are a
+/// few hundred bytes).
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
 /// How long, at shutdown, calls in flight may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,6 +82,10 @@ pub async fn serve<S: Store>(
         // Explicit limits: a registry's requests are small, and one
         // connection cannot hold more than this many calls at once.
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+        // A unary call's answer, or a watch's first response, within this;
+        // a watch stream then runs for as long as its client wants.
+        .timeout(CALL_TIMEOUT)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE));
