@@ -48,20 +48,30 @@ async fn start_registry(tls_dir: &Path, mutual: bool) -> TlsRegistry {
     }
 }
 
-/// Runs `registryctl` with `args`; returns its success, stdout and stderr.
-async fn registryctl(args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new(test_support::bin("registryctl"))
-        .args(args)
-        .env_remove("REGISTRY_TOKEN")
-        .env_remove("MARKET_TLS_DIR")
-        .output()
-        .await
-        .expect("run registryctl");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+impl TlsRegistry {
+    /// Runs `registryctl` against `url` (this registry's, or a variant of
+    /// it) with the admin token, TLS from `tls_dir`, and `args`; returns its
+    /// success, stdout and stderr.
+    async fn ctl(&self, url: &str, tls_dir: &Path, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::process::Command::new(test_support::bin("registryctl"))
+            .arg("--registry")
+            .arg(url)
+            .arg("--admin-token")
+            .arg(&self.admin_token)
+            .arg("--tls-dir")
+            .arg(tls_dir)
+            .args(args)
+            .env_remove("REGISTRY_TOKEN")
+            .env_remove("MARKET_TLS_DIR")
+            .output()
+            .await
+            .expect("run registryctl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
 }
 
 /// A failed call's code, message and every cause under it, so that a test
@@ -129,18 +139,9 @@ async fn the_market_runs_over_mutual_tls_and_refuses_clients_without_a_certifica
 
     let registry = start_registry(&pki.issue("registryd"), true).await;
     let ctl_dir = pki.issue("registryctl");
-    let ctl_tls = ctl_dir.display().to_string();
-    let (ok, token, stderr) = registryctl(&[
-        "--registry",
-        &registry.url,
-        "--admin-token",
-        &registry.admin_token,
-        "--tls-dir",
-        &ctl_tls,
-        "create-service",
-        "ratings",
-    ])
-    .await;
+    let (ok, token, stderr) = registry
+        .ctl(&registry.url, &ctl_dir, &["create-service", "ratings"])
+        .await;
     assert!(ok, "registryctl over mTLS: {stderr}");
     assert!(token.starts_with("svc_"), "{token}");
 
@@ -237,16 +238,8 @@ async fn the_market_runs_over_mutual_tls_and_refuses_clients_without_a_certifica
     );
 
     // A plaintext address with TLS on is named, not tried.
-    let (ok, _, stderr) = registryctl(&[
-        "--registry",
-        &registry.url.replace("https://", "http://"),
-        "--admin-token",
-        &registry.admin_token,
-        "--tls-dir",
-        &ctl_tls,
-        "services",
-    ])
-    .await;
+    let plaintext_url = registry.url.replace("https://", "http://");
+    let (ok, _, stderr) = registry.ctl(&plaintext_url, &ctl_dir, &["services"]).await;
     assert!(!ok);
     assert!(
         stderr.contains("TLS is on but the registry address") && stderr.contains("https://"),
@@ -259,17 +252,13 @@ async fn the_market_runs_over_mutual_tls_and_refuses_clients_without_a_certifica
 async fn without_mtls_a_tls_listener_serves_clients_without_a_certificate() {
     let pki = Pki::new("market test CA");
     let registry = start_registry(&pki.issue("registryd"), false).await;
-    let (ok, token, stderr) = registryctl(&[
-        "--registry",
-        &registry.url,
-        "--admin-token",
-        &registry.admin_token,
-        "--tls-dir",
-        &pki.issue("registryctl").display().to_string(),
-        "create-service",
-        "ratings",
-    ])
-    .await;
+    let (ok, token, stderr) = registry
+        .ctl(
+            &registry.url,
+            &pki.issue("registryctl"),
+            &["create-service", "ratings"],
+        )
+        .await;
     assert!(ok, "{stderr}");
     assert_eq!(
         resolve(&registry.url, &token, Some(anonymous_tls(pki.ca_pem()))).await,
