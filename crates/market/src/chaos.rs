@@ -68,7 +68,7 @@ pub(crate) struct ChaosArgs {
 
     /// The instances' TTL (whole seconds, 1s to 300s): how long a dead one
     /// stays listed at most.
-    #[arg(long, default_value = "3s", value_parser = parse_ttl)]
+    #[arg(long, default_value = "3s", value_parser = ratings_server::cli::parse_ttl)]
     ttl: Duration,
 
     /// Pages loaded before the faults start.
@@ -98,16 +98,6 @@ fn parse_fault_every(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} is shorter than 100ms"));
     }
     Ok(every)
-}
-
-fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let ttl = humantime::parse_duration(s).map_err(|e| e.to_string())?;
-    if ttl.subsec_nanos() != 0 || !(1..=300).contains(&ttl.as_secs()) {
-        return Err(format!(
-            "{s} is not a whole number of seconds from 1s to 300s"
-        ));
-    }
-    Ok(ttl)
 }
 
 /// What one page showed.

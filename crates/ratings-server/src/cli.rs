@@ -78,7 +78,8 @@ pub struct Cli {
     pub tls: daemon::TlsArgs,
 }
 
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+/// Parses a TTL as the registry accepts it: whole seconds, 1s to 300s.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if ttl.subsec_nanos() != 0 || !(1..=300).contains(&ttl.as_secs()) {
         return Err(format!(
