@@ -78,6 +78,63 @@ fn overhead(c: &mut Criterion) {
             .iter(|| async { black_box(stack.get("camera").await.expect("a rating")) });
     });
     group.finish();
+
+    // The same calls from 64 callers at once: the time per call is the
+    // inverse of the throughput, so contention in the stack shows here.
+    let mut group = c.benchmark_group("get_camera_64_callers");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("direct_channel", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let direct = direct.clone();
+            concurrently(iters, move || {
+                let mut client = direct.clone();
+                async move {
+                    let request = GetRatingRequest {
+                        thing_id: "camera".into(),
+                    };
+                    black_box(client.get(request).await.expect("a rating"));
+                }
+            })
+        });
+    });
+    group.bench_function("full_stack", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let stack = stack.clone();
+            concurrently(iters, move || {
+                let stack = stack.clone();
+                async move {
+                    black_box(stack.get("camera").await.expect("a rating"));
+                }
+            })
+        });
+    });
+    group.finish();
+}
+
+/// Makes `iters` calls from [`CALLERS`] tasks at once; the time they took.
+async fn concurrently<F, Fut>(iters: u64, call: F) -> Duration
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    const CALLERS: u64 = 64;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let call = call.clone();
+            // Spread `iters` over the callers, the first ones taking the rest.
+            let n = iters / CALLERS + u64::from(i < iters % CALLERS);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    call().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a caller");
+    }
+    started.elapsed()
 }
 
 criterion_group!(benches, overhead);

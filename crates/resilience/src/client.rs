@@ -1,6 +1,6 @@
 //! The client: discovery, the balancer and the per-call policy around them.
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use futures::{
     FutureExt as _, Stream, StreamExt as _,
@@ -128,6 +128,14 @@ impl<Req, Resp> Drop for Shared<Req, Resp> {
 struct InFlight<Resp> {
     instance: Arc<EndpointLabel>,
     answer: BoxFuture<'static, Result<Served<Resp>, BoxError>>,
+}
+
+/// How an attempt to dispatch the first attempt without waiting ended.
+enum Dispatch<Req, Resp> {
+    Sent(BoxFuture<'static, Result<Served<Resp>, BoxError>>),
+    Failed(BoxError),
+    /// The balancer is busy or has no ready instance now: the attempt back.
+    NotReady(Attempt<Req>),
 }
 
 type Labelled<Resp> = BoxFuture<'static, (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>)>;
@@ -304,12 +312,24 @@ where
         tried.push(first.instance.clone());
         in_flight.push(first);
 
+        // A lone attempt sent now ends by its own timeout, before the
+        // deadline: the call arms a deadline timer of its own only once that
+        // no longer holds. Timers are not free: arming the earliest one wakes
+        // the runtime's timer driver, which costs a lone call measurably.
+        let mut overall = None;
+        if Instant::now() + policy.timeout > deadline {
+            arm(&mut overall, deadline);
+        }
         let mut retries_left = policy.retries;
         let mut hedge = policy
             .hedge_after
             .map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             let hedge_timer = match &mut hedge {
+                Some(timer) => Either::Left(timer.as_mut()),
+                None => Either::Right(futures::future::pending()),
+            };
+            let deadline_timer = match &mut overall {
                 Some(timer) => Either::Left(timer.as_mut()),
                 None => Either::Right(futures::future::pending()),
             };
@@ -324,6 +344,7 @@ where
                             if let Some(attempt) = self.other_attempt(request.clone(), deadline, &tried, true) {
                                 tried.push(attempt.instance.clone());
                                 in_flight.push(attempt);
+                                arm(&mut overall, deadline);
                             }
                         }
                         if in_flight.running.is_empty() {
@@ -338,9 +359,10 @@ where
                         tracing::debug!(service = %shared.service, instance = %attempt.instance.instance, "hedging");
                         tried.push(attempt.instance.clone());
                         in_flight.push(attempt);
+                        arm(&mut overall, deadline);
                     }
                 },
-                () = tokio::time::sleep_until(deadline) => {
+                () = deadline_timer => {
                     return Err(CallError::DeadlineExceeded(policy.deadline));
                 }
             }
@@ -364,24 +386,47 @@ where
         let attempt_deadline = (started + policy.timeout).min(deadline);
         let attempt = Attempt::new(request, attempt_deadline);
         let taken_by = attempt.taken_by.clone();
-        let dispatched = tokio::time::timeout_at(attempt_deadline, async {
-            let mut balancer = shared.balancer.lock().await;
-            balancer.ready().await?;
-            Ok::<_, BoxError>(balancer.call(attempt))
-        })
-        .await;
-        let answer = match dispatched {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return Err(CallError::Other(error)),
-            // Every instance became unready while we waited.
-            Err(_) if shared.endpoints.none_ready() => return Err(self.all_down()),
-            // The balancer found no ready instance in time: nothing was sent.
-            Err(_) => return Ok(None),
+        let answer = match self.dispatch_now(attempt) {
+            Dispatch::Sent(answer) => answer,
+            Dispatch::Failed(error) => return Err(CallError::Other(error)),
+            Dispatch::NotReady(attempt) => {
+                let dispatched = tokio::time::timeout_at(attempt_deadline, async {
+                    let mut balancer = shared.balancer.lock().await;
+                    balancer.ready().await?;
+                    Ok::<_, BoxError>(balancer.call(attempt))
+                })
+                .await;
+                match dispatched {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(error)) => return Err(CallError::Other(error)),
+                    // Every instance became unready while we waited.
+                    Err(_) if shared.endpoints.none_ready() => return Err(self.all_down()),
+                    // The balancer found no ready instance in time: nothing was sent.
+                    Err(_) => return Ok(None),
+                }
+            }
         };
         Ok(taken_by.get().map(|instance| InFlight {
             instance: instance.clone(),
             answer: Box::pin(answer),
         }))
+    }
+
+    /// Sends the first attempt at once if the balancer is free and has a
+    /// ready instance: the common case, which then arms no timer. Otherwise
+    /// hands the attempt back, to wait for readiness under the lock.
+    ///
+    /// Polling with a no-op waker is sound here: whoever holds the lock next
+    /// polls the balancer again with its own waker, which replaces this one.
+    fn dispatch_now(&self, attempt: Attempt<Req>) -> Dispatch<Req, Resp> {
+        let Ok(mut balancer) = self.shared.balancer.try_lock() else {
+            return Dispatch::NotReady(attempt);
+        };
+        match balancer.ready().now_or_never() {
+            Some(Ok(balancer)) => Dispatch::Sent(balancer.call(attempt)),
+            Some(Err(error)) => Dispatch::Failed(error),
+            None => Dispatch::NotReady(attempt),
+        }
     }
 
     /// Sends an attempt to the least loaded instance not tried yet; a retry
@@ -423,6 +468,11 @@ where
         );
         CallError::AllServicesDown(AllServicesDown(()))
     }
+}
+
+/// Arms the call's deadline timer, once.
+fn arm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: Instant) {
+    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
 }
 
 /// Whether an attempt's failure warrants another try elsewhere: the
@@ -583,6 +633,60 @@ mod tests {
             metadata: Default::default(),
             ttl: Duration::from_secs(10),
         })
+    }
+
+    /// Two instances that never answer, and a method that ignores the
+    /// channel (so only the stack's own timers can end a call).
+    fn hanging_client(policy: Policy) -> Client<(), ()> {
+        let updates = futures::stream::iter([
+            upsert("a", "http://127.0.0.1:1"),
+            upsert("b", "http://127.0.0.1:2"),
+            WatchUpdate::Synced(1),
+        ])
+        .chain(futures::stream::pending());
+        Client::new("ratings", updates, policy, |_, _| {
+            futures::future::pending()
+        })
+        .expect("a valid policy")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_would_outlive_the_deadline_ends_at_the_deadline() {
+        let policy = Policy {
+            timeout: Duration::from_millis(100),
+            deadline: Duration::from_millis(150),
+            ..Policy::default()
+        };
+        let client = hanging_client(policy);
+        client.synced().await;
+        let started = Instant::now();
+        let error = client.call(()).await.expect_err("nobody answers");
+        // The first attempt times out at 100 ms, the retry runs into the
+        // deadline at 150 ms, before its own timeout (200 ms).
+        assert!(
+            matches!(error, CallError::DeadlineExceeded(d) if d == policy.deadline),
+            "{error:?}"
+        );
+        assert_eq!(started.elapsed(), policy.deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_attempt_ends_at_its_timeout() {
+        let policy = Policy {
+            timeout: Duration::from_millis(100),
+            deadline: Duration::from_millis(1000),
+            retries: 0,
+            ..Policy::default()
+        };
+        let client = hanging_client(policy);
+        client.synced().await;
+        let started = Instant::now();
+        let error = client.call(()).await.expect_err("nobody answers");
+        assert!(
+            matches!(error, CallError::Timeout(t) if t == policy.timeout),
+            "{error:?}"
+        );
+        assert_eq!(started.elapsed(), policy.timeout);
     }
 
     #[tokio::test]
