@@ -900,6 +900,131 @@ async fn failed_authentication_is_rate_limited_per_peer(store: StoreKind) {
         .await;
 }
 
+/// One renewal on a `KeepAlive` stream: sends it and reads its answer.
+async fn keep_alive_once(
+    requests: &futures::channel::mpsc::UnboundedSender<pb::KeepAliveRequest>,
+    answers: &mut tonic::Streaming<pb::KeepAliveResponse>,
+    lease_id: u64,
+) -> pb::KeepAliveResponse {
+    requests
+        .unbounded_send(pb::KeepAliveRequest { lease_id })
+        .expect("the stream is open");
+    tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("an answer in time")
+        .expect("the stream goes on")
+        .expect("an answer, not an error")
+}
+
+/// Leases renewed only through one `KeepAlive` stream outlive their TTL
+/// while one left alone expires; a lease that cannot be renewed is answered
+/// in the stream, which stays open; a token that may not renew is refused
+/// when the stream opens.
+async fn keep_alive_renews_leases_over_one_stream(store: StoreKind) {
+    let s = setup(store, &[]).await;
+    let orders_token = s.registry.create_service("orders").await;
+    let mut ratings = s.registry.client(&s.token);
+    let mut leases = Vec::new();
+    for (id, port) in [("r1", 9101), ("r2", 9102), ("r3", 9103)] {
+        let registered = ratings
+            .register(registration("ratings", id, &format!("127.0.0.1:{port}"), 2))
+            .await
+            .expect("register")
+            .into_inner();
+        leases.push(registered.lease_id);
+    }
+    let orders_lease = s
+        .registry
+        .client(&orders_token)
+        .register(registration("orders", "o1", "127.0.0.1:9201", 30))
+        .await
+        .expect("register")
+        .into_inner()
+        .lease_id;
+
+    let (requests, outgoing) = futures::channel::mpsc::unbounded();
+    let mut answers = ratings
+        .keep_alive(outgoing)
+        .await
+        .expect("a KeepAlive stream")
+        .into_inner();
+
+    let unknown = keep_alive_once(&requests, &mut answers, 1).await;
+    assert_eq!(
+        (unknown.lease_id, unknown.ttl_seconds, unknown.code),
+        (1, 0, Code::NotFound as i32)
+    );
+    assert!(
+        unknown.error.contains("lease 1 is unknown or expired"),
+        "{}",
+        unknown.error
+    );
+    let foreign = keep_alive_once(&requests, &mut answers, orders_lease).await;
+    assert_eq!(
+        (foreign.ttl_seconds, foreign.code),
+        (0, Code::PermissionDenied as i32)
+    );
+    assert!(
+        foreign.error.contains("belongs to service 'orders'"),
+        "{}",
+        foreign.error
+    );
+
+    // r1 and r2 renewed every 500 ms over the stream, r3 never.
+    let started = Instant::now();
+    loop {
+        for &lease in &leases[..2] {
+            let renewed = keep_alive_once(&requests, &mut answers, lease).await;
+            assert_eq!(
+                (renewed.lease_id, renewed.ttl_seconds, renewed.code),
+                (lease, 2, 0),
+                "{}",
+                renewed.error
+            );
+        }
+        let ids = instance_ids(&s).await;
+        if !ids.contains(&"r3".to_owned()) && started.elapsed() > Duration::from_millis(2500) {
+            assert_eq!(ids, ["r1", "r2"], "{:?} after {:?}", ids, started.elapsed());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "r3 still listed after {:?}: {ids:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let consumer = s
+        .registry
+        .ctl(&["create-service", "billing", "--json"])
+        .await;
+    let consumer_token = consumer
+        .split("\"consumer_token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a consumer token in the JSON")
+        .to_owned();
+    let refused = s
+        .registry
+        .client(&consumer_token)
+        .keep_alive(futures::stream::iter([pb::KeepAliveRequest {
+            lease_id: 1,
+        }]))
+        .await
+        .expect_err("a consumer token may not renew");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = s
+        .registry
+        .client("svc_0000")
+        .keep_alive(futures::stream::iter([pb::KeepAliveRequest {
+            lease_id: 1,
+        }]))
+        .await
+        .expect_err("an unknown token may not renew");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}
+
 /// A paused (SIGSTOP) instance holds its HTTP/2 connection to the registry
 /// and never acknowledges the registry's GOAWAY: the registry still stops
 /// within its drain time instead of waiting for the instance to run again.
@@ -949,4 +1074,5 @@ on_both_stores!(
     deleting_a_service_tells_its_watchers_then_ends_them,
     failed_authentication_is_rate_limited_per_peer,
     a_paused_client_cannot_keep_the_registry_from_stopping,
+    keep_alive_renews_leases_over_one_stream,
 );

@@ -329,6 +329,11 @@ fn watch_event_to_pb(event: WatchEvent, with_lease: bool) -> pb::WatchResponse {
 // === impl Registry for RegistryApi ===
 
 type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+type KeepAliveResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, Status>> + Send>>;
+
+/// How many renewals of one `KeepAlive` stream the store works on at once.
+const KEEP_ALIVE_IN_FLIGHT: usize = 64;
 
 #[tonic::async_trait]
 impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
@@ -438,6 +443,46 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         Ok(Response::new(pb::HeartbeatResponse {
             ttl_seconds: ttl.as_secs(),
         }))
+    }
+
+    type KeepAliveStream = KeepAliveResponseStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<tonic::Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let scope = lease_scope(&principal)?;
+        let store = self.store.clone();
+        let renewals = request
+            .into_inner()
+            .map(move |request| {
+                let (store, scope) = (store.clone(), scope.clone());
+                async move {
+                    let lease = LeaseId(request?.lease_id);
+                    Ok(match store.heartbeat(lease, &scope).await {
+                        Ok(ttl) => pb::KeepAliveResponse {
+                            lease_id: lease.0,
+                            ttl_seconds: ttl.as_secs(),
+                            ..Default::default()
+                        },
+                        Err(error) => {
+                            let status = Status::from(error);
+                            pb::KeepAliveResponse {
+                                lease_id: lease.0,
+                                ttl_seconds: 0,
+                                code: status.code() as i32,
+                                error: status.message().to_owned(),
+                            }
+                        }
+                    })
+                }
+            })
+            // Renewals of one stream overlap (a store on etcd answers each
+            // after a round trip) and are answered in the order asked.
+            .buffered(KEEP_ALIVE_IN_FLIGHT)
+            .take_until(self.closing.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(renewals)))
     }
 
     async fn deregister(

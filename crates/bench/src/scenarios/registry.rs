@@ -15,7 +15,9 @@
 //! API through the workspace's generated client, etcd through the
 //! `etcd-client` crate, except for etcd's lease keep-alives, which go over
 //! one `LeaseKeepAlive` stream for every lease, as etcd's own Go client does
-//! (`etcd-client` opens a stream per lease, which costs etcd more).
+//! (`etcd-client` opens a stream per lease, which costs etcd more). The
+//! registry's fleet renews its leases the same way, over one `KeepAlive`
+//! stream.
 
 use std::{
     path::Path,
@@ -142,6 +144,12 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
         let busy = ours.propagation(samples).await?;
         tokio::time::sleep(window.saturating_sub(started.elapsed())).await;
         let cost = meter.finish();
+        // Past its TTL, the fleet is still there only if its renewals worked.
+        let live = ours.fleet_size().await?;
+        anyhow::ensure!(
+            live == fleet,
+            "registryd lists {live} of the fleet's {fleet} instances after the window: renewals failed"
+        );
         stop(heartbeats);
         let after = memory_kib(registry.daemon.pid())?.0;
         (busy, cost, per_instance_bytes(before, after, fleet))
@@ -235,8 +243,8 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
 
     // Scenario 7's report.
     s7.note(format!(
-        "{fleet} instances registered (etcd: a lease and a key each), heartbeating every {} s \
-         (etcd: `LeaseKeepAlive` on one stream), metered over {:.0} s while scenario 6 (b) runs. \
+        "{fleet} instances registered (etcd: a lease and a key each), renewed every {} s \
+         over one stream (registryd: `KeepAlive`; etcd: `LeaseKeepAlive`), metered over {:.0} s while scenario 6 (b) runs. \
          Memory per instance is the growth of RSS from before the fleet registered to the end.",
         HEARTBEAT.as_secs(),
         window.as_secs_f64()
@@ -625,8 +633,20 @@ impl Ours {
         Ok(events(&latencies?))
     }
 
-    /// Registers `n` instances of `fleet` and heartbeats each every 3 s
-    /// until the returned tasks are aborted.
+    /// How many instances of `fleet` the registry lists.
+    async fn fleet_size(&self) -> anyhow::Result<usize> {
+        let (client, _) = &self.fleet;
+        let resolved = client
+            .clone()
+            .resolve(pb::ResolveRequest {
+                service: "fleet".into(),
+            })
+            .await?;
+        Ok(resolved.into_inner().instances.len())
+    }
+
+    /// Registers `n` instances of `fleet` and renews each every 3 s over one
+    /// `KeepAlive` stream, until the returned tasks are aborted.
     async fn fleet(&self, n: usize) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
         let (client, _) = &self.fleet;
         let ids: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
@@ -642,15 +662,24 @@ impl Ours {
                 leases.push(lease?);
             }
         }
-        let client = client.clone();
-        Ok(vec![spread(leases, move |lease| {
-            let mut client = client.clone();
+        // One `KeepAlive` stream for the fleet, as etcd's side uses one
+        // `LeaseKeepAlive` stream.
+        let (tx, rx) = mpsc::channel::<pb::KeepAliveRequest>(65_536);
+        let mut responses = client
+            .clone()
+            .keep_alive(ReceiverStream::new(rx))
+            .await
+            .context("cannot open registryd's keep-alive stream")?
+            .into_inner();
+        let drain = tokio::spawn(async move { while let Some(Ok(_)) = responses.next().await {} });
+        let tx = Arc::new(tx);
+        let beats = spread(leases, move |lease_id| {
+            let tx = tx.clone();
             async move {
-                let _ = client
-                    .heartbeat(pb::HeartbeatRequest { lease_id: lease })
-                    .await;
+                let _ = tx.send(pb::KeepAliveRequest { lease_id }).await;
             }
-        })])
+        });
+        Ok(vec![beats, drain])
     }
 }
 
