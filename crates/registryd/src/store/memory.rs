@@ -20,10 +20,9 @@ use std::{
 
 use futures::StreamExt as _;
 use tokio::{
-    sync::{Notify, broadcast, mpsc},
+    sync::{Notify, broadcast},
     time::{Instant, MissedTickBehavior},
 };
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     NewService, Scope, Store, StoreError, WatchEvent, WatchStream,
@@ -634,88 +633,83 @@ impl Store for MemoryStore {
             let changes = state.service(service)?.watchers.subscribe();
             (changes, state.catch_up(service, since)?)
         };
-        let (tx, rx) = mpsc::channel(64);
-        let pump = WatchPump {
+        let mut progress =
+            tokio::time::interval_at(Instant::now() + progress_every, progress_every);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let watch = Watch {
             store: Arc::downgrade(&self.inner),
             service: service.clone(),
             changes,
             last: since,
-            tx,
+            queue: start.into(),
+            progress,
+            ended: false,
         };
-        tokio::spawn(pump.run(start, progress_every));
-        Ok(ReceiverStream::new(rx).boxed())
+        Ok(futures::stream::unfold(watch, Watch::next).boxed())
     }
 }
 
-/// Moves one watcher's events from its service's channel to its stream,
-/// re-syncing it when it fell behind and reporting progress when idle.
-struct WatchPump {
+/// One watcher's events, read from its service's channel when its stream is
+/// polled (no task of its own between the channel and the stream): re-synced
+/// when it fell behind, with progress reported when idle. A watcher that
+/// reads slowly lags behind the channel and is re-synced, so it never holds
+/// the other watchers back.
+struct Watch {
     store: Weak<Inner>,
     service: ServiceName,
     changes: broadcast::Receiver<Event>,
     /// The latest revision the watcher is known to be current at.
     last: Revision,
-    tx: mpsc::Sender<Result<WatchEvent, StoreError>>,
+    /// Events due to the watcher, in order.
+    queue: VecDeque<WatchEvent>,
+    progress: tokio::time::Interval,
+    /// The service is gone: nothing follows the queue.
+    ended: bool,
 }
 
-impl WatchPump {
-    async fn run(mut self, start: Vec<WatchEvent>, progress_every: Duration) {
-        if !self.send_all(start).await {
-            return;
-        }
-        let mut progress =
-            tokio::time::interval_at(Instant::now() + progress_every, progress_every);
-        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+impl Watch {
+    /// The next event, and the watch to go on with; `None` when the store or
+    /// the service is gone and everything was told.
+    async fn next(mut self) -> Option<(Result<WatchEvent, StoreError>, Self)> {
         loop {
+            if let Some(event) = self.queue.pop_front() {
+                // A snapshot replaces what the watcher knew, including a
+                // `since` from another registry or an earlier run that may be
+                // ahead of this store's revisions.
+                self.last = match &event {
+                    WatchEvent::Snapshot { revision, .. } => *revision,
+                    WatchEvent::Progress(revision) => self.last.max(*revision),
+                    WatchEvent::Change(e) => self.last.max(e.revision),
+                };
+                return Some((Ok(event), self));
+            }
+            if self.ended {
+                return None;
+            }
             tokio::select! {
-                () = self.tx.closed() => return,
                 received = self.changes.recv() => match received {
                     Ok(event) => {
-                        if event.revision > self.last && !self.send_all(vec![WatchEvent::Change(event)]).await {
-                            return;
+                        if event.revision > self.last {
+                            self.queue.push_back(WatchEvent::Change(event));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let Some(events) = self.resync() else { return };
-                        if !self.send_all(events).await {
-                            return;
-                        }
+                        let missed = self.resync()?;
+                        self.queue.extend(missed);
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        let _ = self.tx.send(Err(StoreError::NoSuchService(self.service.clone()))).await;
-                        return;
+                        self.ended = true;
+                        let gone = StoreError::NoSuchService(self.service.clone());
+                        return Some((Err(gone), self));
                     }
                 },
-                _ = progress.tick() => {
-                    let Some(revision) = self.idle_revision() else { return };
-                    if let Some(revision) = revision
-                        && !self.send_all(vec![WatchEvent::Progress(revision)]).await
-                    {
-                        return;
+                _ = self.progress.tick() => {
+                    if let Some(revision) = self.idle_revision()? {
+                        self.queue.push_back(WatchEvent::Progress(revision));
                     }
                 }
             }
         }
-    }
-
-    /// Sends events in order, remembering the latest revision; false when the
-    /// watcher went away.
-    async fn send_all(&mut self, events: Vec<WatchEvent>) -> bool {
-        for event in events {
-            // A snapshot replaces what the watcher knew, including a `since`
-            // from another registry or an earlier run that may be ahead of
-            // this store's revisions.
-            let last = match &event {
-                WatchEvent::Snapshot { revision, .. } => *revision,
-                WatchEvent::Progress(revision) => self.last.max(*revision),
-                WatchEvent::Change(e) => self.last.max(e.revision),
-            };
-            if self.tx.send(Ok(event)).await.is_err() {
-                return false;
-            }
-            self.last = last;
-        }
-        true
     }
 
     /// A fresh subscription and what was missed since `last`, read under one
