@@ -196,7 +196,9 @@ where
 
 /// Runs `call` in an open loop: `rate` calls a second for `duration`, each
 /// sent at its scheduled time whatever the others do, at most `max_in_flight`
-/// at once (beyond that a call is counted as dropped, and as an error).
+/// at once (beyond that a call is counted as dropped, and as an error). A
+/// call's latency counts from its scheduled time (coordinated omission
+/// corrected); a thread of its own keeps that schedule to the microsecond.
 pub(crate) async fn open_loop<F, Fut>(
     rate: f64,
     duration: Duration,
@@ -212,12 +214,30 @@ where
     let shared = Arc::new(Mutex::new((Run::new(), Vec::new())));
     let limit = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let start = Instant::now();
+    // The send times come from a thread of their own: Tokio's timers fire on
+    // whole milliseconds, which would make every call up to 1 ms late by
+    // the generator's doing and charge that to the system under test.
+    let (fire, mut fired) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = {
+        let start = start.into_std();
+        std::thread::spawn(move || {
+            for i in 0..total {
+                let offset = period.mul_f64(i as f64);
+                let until = start + offset;
+                let now = std::time::Instant::now();
+                if until > now {
+                    std::thread::sleep(until - now);
+                }
+                if fire.send(offset).is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let mut dropped = 0;
-    for i in 0..total {
-        let offset = period.mul_f64(i as f64);
+    while let Some(offset) = fired.recv().await {
         let intended = start + offset;
-        tokio::time::sleep_until(intended).await;
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             dropped += 1;
             continue;
@@ -235,6 +255,7 @@ where
         // Reap finished tasks as we go, so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
+    let _ = pacer.join();
     while tasks.join_next().await.is_some() {}
     let (mut run, mut timeline) = std::mem::replace(
         &mut *shared.lock().expect("results lock"),

@@ -70,7 +70,7 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
     }
     let t6 = Instant::now();
     let fleet = cfg.pick(10_000, 2_000);
-    let samples = cfg.pick(300, 60);
+    let samples = cfg.pick(1000, 100);
     let watchers = 1_000;
     let fan_rounds = cfg.pick(20, 5);
     let expiring = cfg.pick(100, 30);
