@@ -995,6 +995,32 @@ async fn keep_alive_renews_leases_over_one_stream(store: StoreKind) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // A deleted token stops renewing within a second, even once its
+    // service's name belongs to a new service.
+    s.registry.ctl(&["delete-service", "ratings"]).await;
+    let new_token = s.registry.create_service("ratings").await;
+    let new_lease = s
+        .registry
+        .client(&new_token)
+        .register(registration("ratings", "r9", "127.0.0.1:9109", 30))
+        .await
+        .expect("register under the new token")
+        .into_inner()
+        .lease_id;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    requests
+        .unbounded_send(pb::KeepAliveRequest {
+            lease_id: new_lease,
+        })
+        .expect("the stream is open");
+    let ended = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("an answer in time")
+        .expect("an error, not the end of the stream")
+        .expect_err("the old token may not renew the new service's lease");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("token was deleted"), "{ended:?}");
+
     let consumer = s
         .registry
         .ctl(&["create-service", "billing", "--json"])

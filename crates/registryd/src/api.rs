@@ -95,21 +95,7 @@ impl<S: Store> RegistryApi<S> {
     }
 
     async fn check_token<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let value = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "malformed authorization metadata: expected `Bearer <token>`",
-                )
-            })?;
-        let hash = TokenHash::of(token);
+        let hash = bearer_hash(request)?;
         if hash == self.admin {
             return Ok(Principal::Admin);
         }
@@ -117,6 +103,53 @@ impl<S: Store> RegistryApi<S> {
             Some(grant) => Ok(Principal::Granted(grant)),
             None => Err(Status::unauthenticated(
                 "unknown token: use the admin token, or a service or consumer token from CreateService",
+            )),
+        }
+    }
+}
+
+/// The hash of the `authorization: Bearer <token>` metadata's token.
+fn bearer_hash<T>(request: &Request<T>) -> Result<TokenHash, Status> {
+    let value = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    })?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Status::unauthenticated("malformed authorization metadata: expected `Bearer <token>`")
+        })?;
+    Ok(TokenHash::of(token))
+}
+
+/// A `KeepAlive` stream's token, checked again at most every
+/// [`KEEP_ALIVE_RECHECK`] while renewals come: a service's token deleted
+/// (and its name perhaps given to a new service) stops renewing soon, not
+/// when the stream ends.
+struct Recheck<S> {
+    store: Arc<S>,
+    token: TokenHash,
+    grant: Grant,
+    checked: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl<S: Store> Recheck<S> {
+    async fn still_valid(&self) -> Result<(), Status> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut checked = self.checked.lock().expect("recheck lock");
+            if now.duration_since(*checked) < KEEP_ALIVE_RECHECK {
+                return Ok(());
+            }
+            *checked = now;
+        }
+        match self.store.lookup_token(&self.token).await? {
+            Some(grant) if grant == self.grant => Ok(()),
+            _ => Err(Status::unauthenticated(
+                "this stream's token was deleted: open a new stream with a valid token",
             )),
         }
     }
@@ -335,6 +368,10 @@ type KeepAliveResponseStream =
 /// How many renewals of one `KeepAlive` stream the store works on at once.
 const KEEP_ALIVE_IN_FLIGHT: usize = 64;
 
+/// How long a `KeepAlive` stream goes on renewing without its token checked
+/// again.
+const KEEP_ALIVE_RECHECK: Duration = Duration::from_secs(1);
+
 #[tonic::async_trait]
 impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
     async fn create_service(
@@ -453,9 +490,29 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let principal = self.authenticate(&request).await?;
         let scope = lease_scope(&principal)?;
+        let recheck = match &principal {
+            // The admin token cannot be deleted.
+            Principal::Admin => None,
+            Principal::Granted(grant) => Some(Arc::new(Recheck {
+                store: self.store.clone(),
+                token: bearer_hash(&request)?,
+                grant: grant.clone(),
+                checked: std::sync::Mutex::new(tokio::time::Instant::now()),
+            })),
+        };
         let store = self.store.clone();
+        let closing = self.closing.clone();
         let renewals = request
             .into_inner()
+            .then(move |request| {
+                let recheck = recheck.clone();
+                async move {
+                    if let Some(recheck) = recheck {
+                        recheck.still_valid().await?;
+                    }
+                    request
+                }
+            })
             .map(move |request| {
                 let (store, scope) = (store.clone(), scope.clone());
                 async move {
@@ -481,7 +538,17 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
             // Renewals of one stream overlap (a store on etcd answers each
             // after a round trip) and are answered in the order asked.
             .buffered(KEEP_ALIVE_IN_FLIGHT)
-            .take_until(self.closing.clone().cancelled_owned());
+            .take_until(closing.clone().cancelled_owned())
+            .map(Some)
+            // Ended by the shutdown, not by the client: say so.
+            .chain(futures::stream::once(async move {
+                closing.is_cancelled().then(|| {
+                    Err(Status::unavailable(
+                        "the registry is shutting down: renew on another replica, or once it is back",
+                    ))
+                })
+            }))
+            .filter_map(futures::future::ready);
         Ok(Response::new(Box::pin(renewals)))
     }
 

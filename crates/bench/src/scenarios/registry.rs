@@ -144,7 +144,10 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Vec<Section>> {
         let busy = ours.propagation(samples).await?;
         tokio::time::sleep(window.saturating_sub(started.elapsed())).await;
         let cost = meter.finish();
-        // Past its TTL, the fleet is still there only if its renewals worked.
+        // Past its TTL, the fleet is still there only if its renewals worked
+        // (a quick run's window is shorter than the TTL: wait for it).
+        let past_ttl = Duration::from_secs(FLEET_TTL.into()) + HEARTBEAT;
+        tokio::time::sleep(past_ttl.saturating_sub(started.elapsed())).await;
         let live = ours.fleet_size().await?;
         anyhow::ensure!(
             live == fleet,

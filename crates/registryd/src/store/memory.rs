@@ -693,10 +693,15 @@ impl Watch {
                             self.queue.push_back(WatchEvent::Change(event));
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let missed = self.resync()?;
-                        self.queue.extend(missed);
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => match self.resync() {
+                        Some(missed) => self.queue.extend(missed),
+                        // The service went while the watcher caught up.
+                        None => {
+                            self.ended = true;
+                            let gone = StoreError::NoSuchService(self.service.clone());
+                            return Some((Err(gone), self));
+                        }
+                    },
                     Err(broadcast::error::RecvError::Closed) => {
                         self.ended = true;
                         let gone = StoreError::NoSuchService(self.service.clone());
