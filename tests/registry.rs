@@ -358,6 +358,17 @@ fn case<T>(
     }
 }
 
+/// Creates `service` with `registryctl` and returns its consumer token.
+async fn create_with_consumer_token(s: &Cluster, service: &str) -> String {
+    let created = s.registry.ctl(&["create-service", service, "--json"]).await;
+    created
+        .split("\"consumer_token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a consumer token in the JSON")
+        .to_owned()
+}
+
 fn registration(service: &str, id: &str, address: &str, ttl: u32) -> pb::RegisterRequest {
     pb::RegisterRequest {
         service: service.into(),
@@ -371,16 +382,7 @@ fn registration(service: &str, id: &str, address: &str, ttl: u32) -> pb::Registe
 async fn bad_input_gets_a_precise_status_and_changes_nothing(store: StoreKind) {
     let s = setup(store, &[]).await;
     let orders_token = s.registry.create_service("orders").await;
-    let created = s
-        .registry
-        .ctl(&["create-service", "billing", "--json"])
-        .await;
-    let consumer_token = created
-        .split("\"consumer_token\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a consumer token in the JSON")
-        .to_owned();
+    let consumer_token = create_with_consumer_token(&s, "billing").await;
     let mut admin = s.registry.client(&s.registry.admin_token);
     let mut ratings = s.registry.client(&s.token);
     let mut orders = s.registry.client(&orders_token);
@@ -1021,16 +1023,7 @@ async fn keep_alive_renews_leases_over_one_stream(store: StoreKind) {
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("token was deleted"), "{ended:?}");
 
-    let consumer = s
-        .registry
-        .ctl(&["create-service", "billing", "--json"])
-        .await;
-    let consumer_token = consumer
-        .split("\"consumer_token\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a consumer token in the JSON")
-        .to_owned();
+    let consumer_token = create_with_consumer_token(&s, "billing").await;
     let refused = s
         .registry
         .client(&consumer_token)

@@ -637,17 +637,22 @@ mod tests {
 
     /// Two instances that never answer, and a method that ignores the
     /// channel (so only the stack's own timers can end a call).
-    fn hanging_client(policy: Policy) -> Client<(), ()> {
+    /// How a call to them fails, and how long that took.
+    async fn fail_against_hanging_instances(policy: Policy) -> (CallError, Duration) {
         let updates = futures::stream::iter([
             upsert("a", "http://127.0.0.1:1"),
             upsert("b", "http://127.0.0.1:2"),
             WatchUpdate::Synced(1),
         ])
         .chain(futures::stream::pending());
-        Client::new("ratings", updates, policy, |_, _| {
+        let client = Client::<(), ()>::new("ratings", updates, policy, |_, _| {
             futures::future::pending()
         })
-        .expect("a valid policy")
+        .expect("a valid policy");
+        client.synced().await;
+        let started = Instant::now();
+        let error = client.call(()).await.expect_err("nobody answers");
+        (error, started.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
@@ -657,17 +662,14 @@ mod tests {
             deadline: Duration::from_millis(150),
             ..Policy::default()
         };
-        let client = hanging_client(policy);
-        client.synced().await;
-        let started = Instant::now();
-        let error = client.call(()).await.expect_err("nobody answers");
+        let (error, took) = fail_against_hanging_instances(policy).await;
         // The first attempt times out at 100 ms, the retry runs into the
         // deadline at 150 ms, before its own timeout (200 ms).
         assert!(
             matches!(error, CallError::DeadlineExceeded(d) if d == policy.deadline),
             "{error:?}"
         );
-        assert_eq!(started.elapsed(), policy.deadline);
+        assert_eq!(took, policy.deadline);
     }
 
     #[tokio::test(start_paused = true)]
@@ -678,15 +680,12 @@ mod tests {
             retries: 0,
             ..Policy::default()
         };
-        let client = hanging_client(policy);
-        client.synced().await;
-        let started = Instant::now();
-        let error = client.call(()).await.expect_err("nobody answers");
+        let (error, took) = fail_against_hanging_instances(policy).await;
         assert!(
             matches!(error, CallError::Timeout(t) if t == policy.timeout),
             "{error:?}"
         );
-        assert_eq!(started.elapsed(), policy.timeout);
+        assert_eq!(took, policy.timeout);
     }
 
     #[tokio::test]
