@@ -206,21 +206,9 @@ async fn the_market_runs_over_mutual_tls_and_refuses_clients_without_a_certifica
         ("a certificate of another authority", foreign_trusting_ours),
     ] {
         let refused = resolve(&registry.url, &token, Some(tls.clone())).await;
-        eprintln!("REFUSED registry, {what}: {refused:?}");
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("transport error")),
-            "registry served a client with {what}, or refused it for another reason"
-        );
+        assert_refused_in_handshake("registry", what, &refused);
         let refused = get_camera(ratings_addr, tls).await;
-        eprintln!("REFUSED ratings, {what}: {refused:?}");
-        assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("transport error")),
-            "ratings served a client with {what}, or refused it for another reason"
-        );
+        assert_refused_in_handshake("ratings", what, &refused);
     }
     let plaintext = resolve(&registry.url.replace("https://", "http://"), &token, None).await;
     assert!(
@@ -268,4 +256,19 @@ async fn without_mtls_a_tls_listener_serves_clients_without_a_certificate() {
     let other = Pki::new("someone else's CA");
     let refused = resolve(&registry.url, &token, Some(anonymous_tls(other.ca_pem()))).await;
     assert!(refused.is_err(), "a client trusted a foreign server");
+}
+
+/// `daemon` refused a client with `what` during the TLS handshake.
+fn assert_refused_in_handshake<T: std::fmt::Debug>(
+    daemon: &str,
+    what: &str,
+    refused: &Result<T, String>,
+) {
+    eprintln!("REFUSED {daemon}, {what}: {refused:?}");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("transport error")),
+        "{daemon} served a client with {what}, or refused it for another reason"
+    );
 }
