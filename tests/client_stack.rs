@@ -99,7 +99,7 @@ async fn pause_first(
         .iter()
         .find(|i| i.id == first)
         .expect("a running instance");
-    paused.proc.signal(Signal::SIGSTOP);
+    paused.proc.freeze();
     let _ = cluster;
     (first, second)
 }

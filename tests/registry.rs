@@ -219,7 +219,7 @@ async fn a_paused_instance_whose_lease_expired_returns_after_sigcont(store: Stor
     let mut watch = open_watch(&s, 0).await;
     snapshot_ids(next_event(&mut watch, Duration::from_secs(5)).await);
 
-    one.proc.signal(Signal::SIGSTOP);
+    one.proc.freeze();
     let (kind, _, reason, _) = change(next_event(&mut watch, Duration::from_secs(5)).await);
     assert_eq!(
         (kind, reason),

@@ -129,6 +129,25 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot send {sig} to {}: {e}", self.name));
     }
 
+    /// Freezes it with SIGSTOP, and returns once every one of its threads
+    /// has stopped. `kill` returns before the stop takes effect: on a busy
+    /// machine a thread already running can still answer a request
+    /// meanwhile, which a test that froze the process does not expect.
+    pub fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+        let threads = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !all_stopped(&threads) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop within 5 s of SIGSTOP",
+                self.name
+            );
+            // The kernel tells no one when a thread stops; look again soon.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// How many lines it printed so far: a mark for [`Proc::wait_for_line_after`].
     pub fn mark(&self) -> usize {
         self.output.lines.lock().expect("output lock").len()
@@ -250,4 +269,20 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
+}
+
+/// Whether every thread listed in `threads` (a `/proc/<pid>/task`) is
+/// stopped by a signal: state `T` in its `stat`, after the name in
+/// parentheses.
+fn all_stopped(threads: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(threads) else {
+        return false;
+    };
+    entries.flatten().all(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().next())
+                == Some("T")
+        })
+    })
 }
