@@ -349,3 +349,74 @@ async fn an_etcd_member_failing_loses_no_registration() {
         );
     }
 }
+
+/// A `KeepAlive` renewal the store cannot make (its etcd frozen) is answered
+/// in the stream, UNAVAILABLE, once the store's time limit has passed, rather
+/// than held for as long as etcd is away; the stream goes on renewing once
+/// etcd is back.
+#[tokio::test]
+async fn a_keep_alive_renewal_etcd_cannot_make_is_answered_unavailable_in_time() {
+    let _serial = SERIAL.lock().await;
+    let etcd = Etcd::start(1).await;
+    let (registries, _dirs) = replicas(&etcd, 1).await;
+    let registry = &registries[0];
+    let token = registry.create_service("ratings").await;
+    let lease_id = registry
+        .client(&token)
+        .register(pb::RegisterRequest {
+            service: "ratings".into(),
+            instance_id: "r1".into(),
+            address: "127.0.0.1:9101".into(),
+            metadata: HashMap::new(),
+            ttl_seconds: 30,
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .lease_id;
+
+    // The admin's stream: no token re-check stands before the renewals.
+    let (requests, outgoing) = futures::channel::mpsc::unbounded();
+    let mut answers = registry
+        .client(ADMIN)
+        .keep_alive(outgoing)
+        .await
+        .expect("a KeepAlive stream")
+        .into_inner();
+    let mut renew = async || {
+        requests
+            .unbounded_send(pb::KeepAliveRequest { lease_id })
+            .expect("the stream is open");
+        tokio::time::timeout(Duration::from_secs(30), answers.next())
+            .await
+            .expect("an answer within 30 s")
+            .expect("the stream goes on")
+            .expect("an answer, not an error")
+    };
+    let renewed = renew().await;
+    assert_eq!((renewed.code, renewed.ttl_seconds), (0, 30), "{renewed:?}");
+
+    etcd.freeze(0);
+    let started = Instant::now();
+    let refused = renew().await;
+    let took = started.elapsed();
+    etcd.thaw(0);
+    assert_eq!(refused.code, tonic::Code::Unavailable as i32, "{refused:?}");
+    assert!(refused.error.contains("within 5 s"), "{refused:?}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "answered after {took:?}"
+    );
+
+    // etcd is back: the same stream renews again (the first tries may still
+    // find the store reconnecting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = renew().await;
+        if answer.code == 0 {
+            assert_eq!(answer.ttl_seconds, 30);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer:?}");
+    }
+}

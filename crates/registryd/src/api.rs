@@ -155,6 +155,16 @@ impl<S: Store> Recheck<S> {
     }
 }
 
+/// A `KeepAlive` renewal's answer when it failed: the status in the stream.
+fn refused(lease: LeaseId, status: &Status) -> pb::KeepAliveResponse {
+    pb::KeepAliveResponse {
+        lease_id: lease.0,
+        ttl_seconds: 0,
+        code: status.code() as i32,
+        error: status.message().to_owned(),
+    }
+}
+
 /// Failed authentications one peer may make within `FAILED_AUTH_WINDOW`
 /// before every call from it is refused until the window ends. Tokens cannot
 /// be guessed; this bounds the work a guesser makes the registry do.
@@ -372,6 +382,12 @@ const KEEP_ALIVE_IN_FLIGHT: usize = 64;
 /// again.
 const KEEP_ALIVE_RECHECK: Duration = Duration::from_secs(1);
 
+/// How long one `KeepAlive` renewal, or the token re-check before it, may
+/// take in the store. Renewals are answered in order, so one the store hangs
+/// on (etcd out of reach) would hold back the answers to all that follow;
+/// past this it is answered UNAVAILABLE instead.
+const KEEP_ALIVE_STORE_LIMIT: Duration = Duration::from_secs(5);
+
 #[tonic::async_trait]
 impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
     async fn create_service(
@@ -508,7 +524,15 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
                 let recheck = recheck.clone();
                 async move {
                     if let Some(recheck) = recheck {
-                        recheck.still_valid().await?;
+                        tokio::time::timeout(KEEP_ALIVE_STORE_LIMIT, recheck.still_valid())
+                            .await
+                            .map_err(|_| {
+                                Status::unavailable(format!(
+                                    "the store did not re-check this stream's token within {} s: \
+                                     open a new stream",
+                                    KEEP_ALIVE_STORE_LIMIT.as_secs()
+                                ))
+                            })??;
                     }
                     request
                 }
@@ -517,21 +541,23 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
                 let (store, scope) = (store.clone(), scope.clone());
                 async move {
                     let lease = LeaseId(request?.lease_id);
-                    Ok(match store.heartbeat(lease, &scope).await {
-                        Ok(ttl) => pb::KeepAliveResponse {
+                    let renewed =
+                        tokio::time::timeout(KEEP_ALIVE_STORE_LIMIT, store.heartbeat(lease, &scope))
+                            .await;
+                    Ok(match renewed {
+                        Ok(Ok(ttl)) => pb::KeepAliveResponse {
                             lease_id: lease.0,
                             ttl_seconds: ttl.as_secs(),
                             ..Default::default()
                         },
-                        Err(error) => {
-                            let status = Status::from(error);
-                            pb::KeepAliveResponse {
-                                lease_id: lease.0,
-                                ttl_seconds: 0,
-                                code: status.code() as i32,
-                                error: status.message().to_owned(),
-                            }
-                        }
+                        Ok(Err(error)) => refused(lease, &Status::from(error)),
+                        Err(_) => refused(
+                            lease,
+                            &Status::unavailable(format!(
+                                "the store did not renew lease {lease} within {} s: renew it again",
+                                KEEP_ALIVE_STORE_LIMIT.as_secs()
+                            )),
+                        ),
                     })
                 }
             })

@@ -104,6 +104,20 @@ impl Etcd {
         }
     }
 
+    /// Freezes member `i` (SIGSTOP): it holds its connections and answers
+    /// nothing until [`Etcd::thaw`].
+    pub fn freeze(&self, i: usize) {
+        self.members[i].as_ref().expect("a running member").freeze();
+    }
+
+    /// Lets a frozen member `i` go on (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.members[i]
+            .as_ref()
+            .expect("a running member")
+            .signal(Signal::SIGCONT);
+    }
+
     /// `etcdctl compact` at `revision`: history before it is gone.
     pub async fn compact(&self, revision: u64) {
         let output = tokio::process::Command::new(ETCDCTL)
