@@ -146,7 +146,18 @@ impl<S: Store> Recheck<S> {
             }
             *checked = now;
         }
-        match self.store.lookup_token(&self.token).await? {
+        let found = tokio::time::timeout(
+            KEEP_ALIVE_STORE_LIMIT,
+            self.store.lookup_token(&self.token),
+        )
+        .await
+        .map_err(|_| {
+            Status::unavailable(format!(
+                "the store did not re-check this stream's token within {} s: open a new stream",
+                KEEP_ALIVE_STORE_LIMIT.as_secs()
+            ))
+        })??;
+        match found {
             Some(grant) if grant == self.grant => Ok(()),
             _ => Err(Status::unauthenticated(
                 "this stream's token was deleted: open a new stream with a valid token",
@@ -524,15 +535,7 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
                 let recheck = recheck.clone();
                 async move {
                     if let Some(recheck) = recheck {
-                        tokio::time::timeout(KEEP_ALIVE_STORE_LIMIT, recheck.still_valid())
-                            .await
-                            .map_err(|_| {
-                                Status::unavailable(format!(
-                                    "the store did not re-check this stream's token within {} s: \
-                                     open a new stream",
-                                    KEEP_ALIVE_STORE_LIMIT.as_secs()
-                                ))
-                            })??;
+                        recheck.still_valid().await?;
                     }
                     request
                 }
