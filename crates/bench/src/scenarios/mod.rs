@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use market_proto::ratings::v1::{GetRatingRequest, ratings_client::RatingsClient as GrpcClient};
 use ratings_client::{RatingsClient, contract_policy};
 use resilience::Policy;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
     http::Pool,
@@ -99,21 +102,30 @@ pub(crate) async fn contract_stack_call(registry: &Registry) -> anyhow::Result<C
     Ok(stack_call(registry, contract_policy()).await?.0)
 }
 
-/// `Get("camera")` on a plain tonic client over `channel`.
-fn grpc_call(channel: Channel) -> Call {
+/// `Get("camera")` on a plain tonic client over `channel`; with a `timeout`,
+/// each call sends it as `grpc-timeout`, in whole milliseconds as the stack
+/// does.
+fn grpc_call(channel: Channel, timeout: Option<Duration>) -> anyhow::Result<Call> {
     let client = GrpcClient::new(channel);
-    Arc::new(move || {
+    let header: Option<MetadataValue<Ascii>> = timeout
+        .map(|t| MetadataValue::try_from(format!("{}m", t.as_millis())))
+        .transpose()?;
+    Ok(Arc::new(move || {
         let mut client = client.clone();
+        let mut request = tonic::Request::new(GetRatingRequest {
+            thing_id: "camera".into(),
+        });
+        if let Some(header) = &header {
+            request.metadata_mut().insert("grpc-timeout", header.clone());
+        }
         Box::pin(async move {
             client
-                .get(GetRatingRequest {
-                    thing_id: "camera".into(),
-                })
+                .get(request)
                 .await
                 .map(|response| instance_number(&response.into_inner().served_by))
                 .map_err(|_| ())
         })
-    })
+    }))
 }
 
 fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
@@ -127,18 +139,22 @@ pub(crate) async fn direct_call(cluster: &Cluster) -> anyhow::Result<Call> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
-    Ok(grpc_call(channel))
+    grpc_call(channel, None)
 }
 
 /// tonic's `balance_channel` (here through `balance_list`, which feeds it)
-/// over every instance of the cluster.
-pub(crate) fn balance_channel_call(cluster: &Cluster) -> anyhow::Result<Call> {
+/// over every instance of the cluster; with a `timeout`, sent as each call's
+/// `grpc-timeout`.
+pub(crate) fn balance_channel_call(
+    cluster: &Cluster,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Call> {
     let endpoints = cluster
         .instances
         .iter()
         .map(|i| endpoint(&i.url()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(grpc_call(Channel::balance_list(endpoints.into_iter())))
+    grpc_call(Channel::balance_list(endpoints.into_iter()), timeout)
 }
 
 /// Calls `call` `n` times, one after the other (to open connections and

@@ -54,7 +54,7 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let calls: [Call; 4] = [
         stack_call(&cluster.registry, hedged).await?.0,
         stack_call(&cluster.registry, round_robin).await?.0,
-        balance_channel_call(&cluster)?,
+        balance_channel_call(&cluster, None)?,
         stack_call(&cluster.registry, ratings_client::contract_policy())
             .await?
             .0,
