@@ -46,6 +46,9 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
         duration.as_secs_f64()
     ));
     let mut runs: [Runs; 3] = [Runs::new(), Runs::new(), Runs::new()];
+    // Per variant and round: the CPU time of every process together, per
+    // request (µs).
+    let mut cpu_per_request: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for k in 0..3 {
             let v = (round + k) % 3;
@@ -55,12 +58,29 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
             procs.push(Metered::this("load generator"));
             let meter = Meter::start(procs);
             let run = loadgen::closed_loop(1, duration, caller(&calls[v])).await;
+            let costs = meter.finish();
+            let cores: f64 = costs.iter().map(|c| c.cpu_pct / 100.0).sum();
+            cpu_per_request[v].push(cores / run.throughput() * 1e6);
             if round == rounds - 1 {
-                section.costs.push((VARIANTS[v].to_owned(), meter.finish()));
+                section.costs.push((VARIANTS[v].to_owned(), costs));
             }
             runs[v].runs.push(run);
         }
     }
+    let cpu = cpu_per_request.map(|mut v| loadgen::median(&mut v));
+    let get_p50 = runs[0].median(|r| r.quantile_us(0.5) as f64);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    section.note(format!(
+        "CPU time of every process together per request (median of rounds): one Get \
+         {:.0} µs, bypassed page {:.0} µs, fresh page {:.0} µs. With one caller all of it is \
+         spent on the request in flight, so on {cores:.0} cores a bypassed page takes at least \
+         {:.0} µs on average: {:.2}× one Get's p50.",
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        cpu[1] / cores,
+        cpu[1] / cores / get_p50,
+    ));
     let merged: Vec<_> = runs.iter().map(Runs::merged).collect();
     section.tables.push((
         "One caller (throughput: median of rounds)".to_owned(),
