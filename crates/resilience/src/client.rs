@@ -157,10 +157,19 @@ impl Wake for WakeAll {
     }
 }
 
-/// An attempt under way, and the instance it went to.
+/// An attempt under way, and the instance it went to. Ends with the two.
 struct InFlight<Resp> {
     instance: Arc<EndpointLabel>,
     answer: BoxFuture<'static, Result<Served<Resp>, BoxError>>,
+}
+
+impl<Resp> Future for InFlight<Resp> {
+    type Output = (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = std::task::ready!(self.answer.as_mut().poll(cx));
+        Poll::Ready((self.instance.clone(), answer))
+    }
 }
 
 /// How dispatching the first attempt, without waiting, ended.
@@ -171,15 +180,13 @@ enum Dispatch<Req, Resp> {
     NotReady(Attempt<Req>),
 }
 
-type Labelled<Resp> = BoxFuture<'static, (Arc<EndpointLabel>, Result<Served<Resp>, BoxError>)>;
-
 /// The attempts of one call. They are polled by the caller, so a call costs
 /// no extra task; those still running when the call returns (a hedge's loser,
 /// or attempts past the deadline) or when the caller gives up are handed to
 /// the runtime, to run until their own timeout so that their instance's
 /// breaker learns how they ended.
 struct Attempts<Resp: Send + 'static> {
-    running: FuturesUnordered<Labelled<Resp>>,
+    running: FuturesUnordered<InFlight<Resp>>,
 }
 
 impl<Resp: Send + 'static> Attempts<Resp> {
@@ -190,9 +197,7 @@ impl<Resp: Send + 'static> Attempts<Resp> {
     }
 
     fn push(&mut self, attempt: InFlight<Resp>) {
-        let InFlight { instance, answer } = attempt;
-        self.running
-            .push(Box::pin(async move { (instance, answer.await) }));
+        self.running.push(attempt);
     }
 }
 
@@ -441,7 +446,7 @@ where
         };
         Ok(taken_by.get().map(|instance| InFlight {
             instance: instance.clone(),
-            answer: Box::pin(answer),
+            answer,
         }))
     }
 

@@ -116,7 +116,9 @@ fn grpc_call(channel: Channel, timeout: Option<Duration>) -> anyhow::Result<Call
             thing_id: "camera".into(),
         });
         if let Some(header) = &header {
-            request.metadata_mut().insert("grpc-timeout", header.clone());
+            request
+                .metadata_mut()
+                .insert("grpc-timeout", header.clone());
         }
         Box::pin(async move {
             client
