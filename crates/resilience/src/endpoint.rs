@@ -141,7 +141,8 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// allows (27 hours).
 ///
 /// Whole milliseconds keep the header's value the same from one call to the
-/// next (a fresh attempt sends its full timeout), so HPACK sends it as an
+/// next (a fresh attempt sends its timeout less the microseconds since it
+/// began, which rounds down to a millisecond less), so HPACK sends it as an
 /// index into the connection's table. Microseconds, tonic's choice for a
 /// duration under 100 s (`Request::set_timeout`), make every value new: each
 /// call then adds an entry to the table of both ends, evicting others, which

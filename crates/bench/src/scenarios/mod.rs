@@ -103,12 +103,13 @@ pub(crate) async fn contract_stack_call(registry: &Registry) -> anyhow::Result<C
 }
 
 /// `Get("camera")` on a plain tonic client over `channel`; with a `timeout`,
-/// each call sends it as `grpc-timeout`, in whole milliseconds as the stack
-/// does.
+/// each call sends the `grpc-timeout` a fresh attempt of the stack sends: the
+/// timeout less the moment since the attempt began, in whole milliseconds
+/// rounded down, i.e. a millisecond less.
 fn grpc_call(channel: Channel, timeout: Option<Duration>) -> anyhow::Result<Call> {
     let client = GrpcClient::new(channel);
     let header: Option<MetadataValue<Ascii>> = timeout
-        .map(|t| MetadataValue::try_from(format!("{}m", t.as_millis())))
+        .map(|t| MetadataValue::try_from(format!("{}m", t.as_millis().saturating_sub(1).max(1))))
         .transpose()?;
     Ok(Arc::new(move || {
         let mut client = client.clone();
