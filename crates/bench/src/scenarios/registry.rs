@@ -792,17 +792,7 @@ impl TheirsProber {
         // put came first.
         let Self { client, stream, .. } = self;
         let start = Instant::now();
-        let put = async {
-            client
-                .put(
-                    key.clone(),
-                    "http://127.0.0.1:9",
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await?;
-            anyhow::Ok(())
-        };
-        let ((), seen) = tokio::try_join!(put, async {
+        let ((), seen) = tokio::try_join!(Theirs::put_leased(client, key.clone(), lease), async {
             Theirs::wait_for(stream, EventType::Put, &key).await?;
             anyhow::Ok(Instant::now())
         })?;
@@ -847,6 +837,22 @@ struct KeepAliveResponse {
 }
 
 impl Theirs {
+    /// Puts `key` on `lease`, as a registration: the value is an address.
+    async fn put_leased(
+        client: &mut etcd_client::Client,
+        key: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> anyhow::Result<()> {
+        client
+            .put(
+                key,
+                "http://127.0.0.1:9",
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn new(endpoints: &str) -> anyhow::Result<Self> {
         let client = etcd_client::Client::connect([endpoints], None)
             .await
@@ -945,13 +951,7 @@ impl Theirs {
                     let key = format!("/fan/f{r}");
                     let lease = client.lease_grant(30, None).await?.id();
                     let start = Instant::now();
-                    client
-                        .put(
-                            key.clone(),
-                            "http://127.0.0.1:9",
-                            Some(PutOptions::new().with_lease(lease)),
-                        )
-                        .await?;
+                    Theirs::put_leased(&mut client, key.clone(), lease).await?;
                     Ok((key.into_bytes(), start))
                 })
             }),
@@ -983,13 +983,7 @@ impl Theirs {
                 key.clone().into_bytes(),
                 Instant::now() + Duration::from_secs(EXPIRY_TTL.into()),
             );
-            client
-                .put(
-                    key,
-                    "http://127.0.0.1:9",
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await?;
+            Self::put_leased(&mut client, key, lease).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let latencies = lateness(&mut rx, due).await;
@@ -1008,13 +1002,7 @@ impl Theirs {
                 let mut client = self.client.clone();
                 async move {
                     let lease = client.lease_grant(FLEET_TTL.into(), None).await?.id();
-                    client
-                        .put(
-                            format!("/fleet/i{i}"),
-                            "http://127.0.0.1:9",
-                            Some(PutOptions::new().with_lease(lease)),
-                        )
-                        .await?;
+                    Self::put_leased(&mut client, format!("/fleet/i{i}"), lease).await?;
                     anyhow::Ok(lease)
                 }
             }))
