@@ -14,6 +14,7 @@ use registry_client::{Registries, WatchUpdate};
 use resilience::{
     Balance, BreakerPolicy, CallError, Client, EndpointSnapshot, Policy, PolicyError,
 };
+use tower::ServiceExt as _;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "ratings";
@@ -75,6 +76,14 @@ fn policy_from(contract: &ContractPolicy) -> Policy {
     }
 }
 
+/// The one method the stack calls: `Ratings/Get` on an instance's channel.
+async fn get(
+    channel: tonic::transport::Channel,
+    request: tonic::Request<GetRatingRequest>,
+) -> Result<tonic::Response<market_proto::ratings::v1::Rating>, tonic::Status> {
+    GrpcClient::new(channel).get(request).await
+}
+
 /// Asks the ratings service, resiliently.
 #[derive(Clone)]
 pub struct RatingsClient {
@@ -93,10 +102,7 @@ impl RatingsClient {
     /// A client that finds the ratings instances through the registry.
     /// Call it inside a Tokio runtime.
     pub fn discover(registries: Registries, policy: Policy) -> Result<Self, PolicyError> {
-        let client =
-            Client::discover(SERVICE, registries, policy, |channel, request| async move {
-                GrpcClient::new(channel).get(request).await
-            })?;
+        let client = Client::builder(SERVICE, policy).discover(registries, get)?;
         Ok(Self { client })
     }
 
@@ -105,9 +111,7 @@ impl RatingsClient {
         updates: impl futures::Stream<Item = WatchUpdate> + Send + 'static,
         policy: Policy,
     ) -> Result<Self, PolicyError> {
-        let client = Client::new(SERVICE, updates, policy, |channel, request| async move {
-            GrpcClient::new(channel).get(request).await
-        })?;
+        let client = Client::builder(SERVICE, policy).build(updates, get)?;
         Ok(Self { client })
     }
 
@@ -115,7 +119,8 @@ impl RatingsClient {
     pub async fn get(&self, thing_id: &str) -> Result<Rating, CallError> {
         let served = self
             .client
-            .call(GetRatingRequest {
+            .clone()
+            .oneshot(GetRatingRequest {
                 thing_id: thing_id.to_owned(),
             })
             .await?;
@@ -126,14 +131,25 @@ impl RatingsClient {
         })
     }
 
+    /// The resilient stack underneath, as a tower `Service` of `Get`
+    /// requests, to wrap in layers of your own.
+    pub fn service(&self) -> Client<GetRatingRequest, market_proto::ratings::v1::Rating> {
+        self.client.clone()
+    }
+
     /// Waits until the registry has listed the instances once.
     pub async fn synced(&self) {
         self.client.synced().await;
     }
 
-    /// The instances known now, with their breakers.
+    /// The instances listed now, with their breakers.
     pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
         self.client.endpoints()
+    }
+
+    /// The breakers kept for addresses no instance is listed at now.
+    pub fn absent(&self) -> Vec<EndpointSnapshot> {
+        self.client.absent()
     }
 
     /// The policy in force.

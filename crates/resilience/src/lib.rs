@@ -1,37 +1,61 @@
 //! A resilient client stack for gRPC services, from tower layers.
 //!
-//! A call goes through:
+//! A [`Client`] is a tower [`Service`](tower::Service) assembled with
+//! `ServiceBuilder` from named layers:
 //!
-//! 1. **discovery**: the registry's watch ([`registry_client::Watcher`]) turned
-//!    into tower's `Discover` stream of endpoints, each a lazily connected
-//!    tonic `Channel`;
-//! 2. **balance**: tower's `p2c::Balance` over `PeakEwma` load, or a strict
-//!    round robin over the instances sorted by address;
-//! 3. per endpoint, our [`CircuitBreaker`] over `PeakEwma` over tower's
-//!    `Timeout` over the gRPC call;
+//! ```text
+//! Client ▶ Deadline ▶ Retry (budget) ▶ [Hedge] ▶ Pool ▶ per instance:
+//!                                                  CircuitBreaker ▶ PeakEwma ▶ [yours] ▶ Timeout ▶ gRPC call
+//! ```
 //!
-//! and around them the [`Client`] fails fast when no instance can take the
-//! call, retries a failed attempt once on another instance under a retry
-//! budget, optionally hedges a slow attempt, and bounds the whole call by a
-//! deadline that it sends along as `grpc-timeout`.
+//! 1. **discovery** (`discovery`): the registry's watch
+//!    ([`registry_client::Watcher`]) applied to the pool as it happens; each
+//!    instance gets a lazily connected tonic `Channel` and its own stack;
+//! 2. **the pool** ([`Pool`]): the one record of the instances, and the one
+//!    place that picks an instance for every attempt, first, retry or hedge:
+//!    power of two choices over peak-EWMA load, or a strict round robin in
+//!    address order, skipping the instances an [`Attempt`] avoids. Breakers
+//!    belong to addresses: an instance that leaves and comes back at the same
+//!    address gets its breaker back;
+//! 3. per instance, our [`CircuitBreaker`] (built by [`CircuitBreakerLayer`])
+//!    over tower's `PeakEwma` load measure over tower's `Timeout` over the
+//!    gRPC call;
+//! 4. around the pool, each a layer of its own: hedging ([`HedgeLayer`]),
+//!    retries on another instance under a retry budget ([`RetryPolicy`] for
+//!    tower's `Retry`), and the call's deadline ([`DeadlineLayer`]), sent
+//!    along as `grpc-timeout`.
+//!
+//! The instance that answered comes back with the answer ([`Served`]), the
+//! one that failed with the error ([`Failed`]). Users add their own layers
+//! around the whole client, as around any tower service, and around each
+//! instance with [`Builder::instance_layer`]; [`Client`]'s docs show both.
 //!
 //! Nothing here knows about any one service: [`Client`] is generic over the
 //! request and response types and takes the gRPC method as a function.
 
 pub mod breaker;
 mod client;
+mod deadline;
+mod discovery;
 mod endpoint;
 mod error;
+mod hedge;
 mod policy;
-mod round_robin;
+mod pool;
+mod retry;
 
 pub use crate::{
     breaker::{
         BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerLayer,
         EndpointLabel,
     },
-    client::Client,
-    endpoint::{EndpointSnapshot, Served},
-    error::{AllServicesDown, BreakerOpen, CallError},
+    client::{Builder, Client, ResponseFuture},
+    deadline::{Deadline, DeadlineLayer},
+    discovery::InstanceCall,
+    endpoint::{Attempt, EndpointSnapshot, GrpcCall, Served},
+    error::{AllServicesDown, BreakerOpen, CallError, DeadlineElapsed, Failed, NoOtherInstance},
+    hedge::{Hedge, HedgeLayer},
     policy::{Balance, Policy, PolicyError},
+    pool::{Instance, Pool},
+    retry::RetryPolicy,
 };

@@ -1,20 +1,26 @@
 //! The breaker as a tower layer.
 
+use std::sync::Arc;
+
 use tower::Layer;
 
-use super::{Breaker, BreakerPolicy, CircuitBreaker, EndpointLabel};
+use super::{Breaker, CircuitBreaker};
 
-/// Wraps one endpoint's service in a fresh [`CircuitBreaker`].
+/// Wraps a service in a [`CircuitBreaker`] with the given breaker.
+///
+/// The breaker is given, not made by the layer, because it belongs to the
+/// endpoint's address rather than to the service the layer wraps: the pool
+/// keeps one per address and hands it back when an instance registers there
+/// again (see `Pool`). Every service the layer wraps shares it.
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
-    label: EndpointLabel,
-    policy: BreakerPolicy,
+    breaker: Arc<Breaker>,
 }
 
 impl CircuitBreakerLayer {
-    /// A layer for the endpoint `label`, with `policy`.
-    pub fn new(label: EndpointLabel, policy: BreakerPolicy) -> Self {
-        Self { label, policy }
+    /// A layer that guards what it wraps with `breaker`.
+    pub fn new(breaker: Arc<Breaker>) -> Self {
+        Self { breaker }
     }
 }
 
@@ -22,6 +28,6 @@ impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
 
     fn layer(&self, inner: S) -> CircuitBreaker<S> {
-        CircuitBreaker::new(inner, Breaker::new(self.label.clone(), self.policy))
+        CircuitBreaker::new(inner, self.breaker.clone())
     }
 }

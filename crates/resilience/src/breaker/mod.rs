@@ -31,6 +31,20 @@
 //! connection counted only when the timeout fired. Here the outcome of a call
 //! is classified by [`classify`] as soon as it is known.
 
+/// Logs a transition of `$breaker` at `$level`, with the fields of its
+/// endpoint and its new `$state`, and the original's wording as the message.
+macro_rules! transition {
+    ($level:ident, $breaker:expr, $state:literal, $($message:tt)+) => {
+        tracing::$level!(
+            service = %$breaker.label.service,
+            instance = %$breaker.label.instance,
+            address = %$breaker.label.address,
+            state = $state,
+            $($message)+
+        )
+    };
+}
+
 mod layer;
 mod service;
 #[cfg(test)]
@@ -333,13 +347,6 @@ impl Breaker {
         }
     }
 
-    /// The estimated cost of one more call: average latency times the calls
-    /// in flight plus this one. Lower is better.
-    pub(crate) fn cost(&self) -> f64 {
-        let inner = self.lock();
-        inner.stats.ewma_ns.unwrap_or(0.0) * f64::from(inner.stats.in_flight + 1)
-    }
-
     /// Readiness: passes when closed or when a probe may go; otherwise keeps
     /// `waker` to be woken when that may change.
     pub(crate) fn gate(self: &Arc<Self>, waker: &Waker) -> Gate {
@@ -413,13 +420,7 @@ impl Breaker {
             (State::HalfOpen { probing: true, .. }, CallKind::Probe, Outcome::Success) => {
                 inner.state = State::Closed { failures: 0 };
                 inner.wake_all();
-                tracing::info!(
-                    service = %self.label.service,
-                    instance = %self.label.instance,
-                    address = %self.label.address,
-                    state = "closed",
-                    "CLOSE breaker on {}", self.label
-                );
+                transition!(info, self, "closed", "CLOSE breaker on {}", self.label);
             }
             // HalfOpen(probing) => Open
             (
@@ -458,14 +459,7 @@ impl Breaker {
         let until = now + period;
         inner.state = State::Open { until, reopened };
         inner.epoch += 1;
-        tracing::warn!(
-            service = %self.label.service,
-            instance = %self.label.instance,
-            address = %self.label.address,
-            state = "open",
-            retest_in = ?period,
-            "OPEN breaker on {}", self.label
-        );
+        transition!(warn, self, "open", retest_in = ?period, "OPEN breaker on {}", self.label);
         // The retest happens on time even when nobody calls, so that it shows
         // in the logs as the original's did.
         let breaker: Weak<Self> = Arc::downgrade(self);
@@ -490,13 +484,7 @@ impl Breaker {
                 probing: false,
                 reopened,
             };
-            tracing::warn!(
-                service = %self.label.service,
-                instance = %self.label.instance,
-                address = %self.label.address,
-                state = "half-open",
-                "RETEST breaker on {}", self.label
-            );
+            transition!(warn, self, "half-open", "RETEST breaker on {}", self.label);
             inner.wake_all();
         }
     }

@@ -60,6 +60,11 @@ async fn call(
     response.await
 }
 
+/// Sends one call through and answers it `UNAVAILABLE`.
+async fn fail(service: &mut Mocked, handle: &mut Handle<&'static str, &'static str>) {
+    call(service, handle, Err(unavailable())).await.unwrap_err();
+}
+
 /// Lets time pass, and the tasks due by then (the retest timer) run.
 async fn pass(duration: Duration) {
     tokio::time::sleep(duration).await;
@@ -73,12 +78,8 @@ fn state(breaker: &Breaker) -> BreakerState {
 #[tokio::test(start_paused = true)]
 async fn closed_counts_consecutive_failures_and_opens_at_the_limit() {
     let (mut service, mut handle, breaker) = breaker_with(policy(3));
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
+    fail(&mut service, &mut handle).await;
     assert_eq!(breaker.snapshot().consecutive_failures, 2);
     // A success resets the count: failures must be consecutive.
     call(&mut service, &mut handle, Ok("45")).await.unwrap();
@@ -89,9 +90,7 @@ async fn closed_counts_consecutive_failures_and_opens_at_the_limit() {
             .unwrap_err();
     }
     assert_eq!(state(&breaker), BreakerState::Closed);
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     assert_eq!(state(&breaker), BreakerState::Open);
     assert_eq!(breaker.snapshot().retest_in, Some(Duration::from_secs(30)));
 }
@@ -99,9 +98,7 @@ async fn closed_counts_consecutive_failures_and_opens_at_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn an_open_endpoint_is_pending_never_errors_and_is_never_called() {
     let (mut service, mut handle, breaker) = breaker_with(policy(1));
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     assert_eq!(state(&breaker), BreakerState::Open);
 
     assert_pending!(service.poll_ready());
@@ -116,9 +113,7 @@ async fn an_open_endpoint_is_pending_never_errors_and_is_never_called() {
 #[tokio::test(start_paused = true)]
 async fn the_retest_timer_wakes_the_waiting_caller() {
     let (mut service, mut handle, breaker) = breaker_with(policy(1));
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     assert_pending!(service.poll_ready());
     assert!(!service.is_woken());
 
@@ -131,9 +126,7 @@ async fn the_retest_timer_wakes_the_waiting_caller() {
 #[tokio::test(start_paused = true)]
 async fn half_open_lets_exactly_one_probe_through() {
     let (mut service, mut handle, breaker) = breaker_with(policy(1));
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     pass(Duration::from_secs(30)).await;
 
     // A second caller on a clone of the same endpoint shares the breaker.
@@ -168,9 +161,7 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
         max_open: Duration::from_secs(100),
         ..policy(1)
     });
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     for expected in [60, 100, 100] {
         let retest_in = breaker.snapshot().retest_in.unwrap();
         pass(retest_in).await;
@@ -188,9 +179,7 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
     pass(Duration::from_secs(100)).await;
     call(&mut service, &mut handle, Ok("45")).await.unwrap();
     assert_eq!(state(&breaker), BreakerState::Closed);
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     assert_eq!(breaker.snapshot().retest_in, Some(Duration::from_secs(30)));
 }
 
@@ -201,9 +190,7 @@ async fn a_cap_equal_to_the_retest_delay_gives_a_fixed_period() {
         jitter: 0.2,
         ..policy(1)
     });
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     for _ in 0..4 {
         assert_eq!(breaker.snapshot().retest_in, Some(Duration::from_secs(30)));
         pass(Duration::from_secs(30)).await;
@@ -231,9 +218,7 @@ async fn jitter_stays_within_its_fraction() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_frees_the_slot() {
     let (mut service, mut handle, breaker) = breaker_with(policy(1));
-    call(&mut service, &mut handle, Err(unavailable()))
-        .await
-        .unwrap_err();
+    fail(&mut service, &mut handle).await;
     pass(Duration::from_secs(30)).await;
     assert_ready_ok!(service.poll_ready());
     let probe = service.call("camera");
