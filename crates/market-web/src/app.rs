@@ -340,6 +340,9 @@ async fn api_thing(
 // === operators ===
 
 struct InstanceRow {
+    /// Whether an instance is registered at the address now; a breaker of an
+    /// address that left is kept for when it comes back.
+    listed: bool,
     instance: String,
     address: String,
     state: String,
@@ -348,6 +351,29 @@ struct InstanceRow {
     in_flight: u32,
     calls: u64,
     failures: u64,
+}
+
+impl InstanceRow {
+    fn new(endpoint: resilience::EndpointSnapshot, listed: bool) -> Self {
+        let breaker = endpoint.breaker;
+        Self {
+            listed,
+            instance: endpoint.instance,
+            address: endpoint.address,
+            state: breaker.state.to_string(),
+            retest_in: breaker
+                .retest_in
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_default(),
+            ewma: breaker
+                .ewma
+                .map(|d| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_default(),
+            in_flight: breaker.in_flight,
+            calls: breaker.calls,
+            failures: breaker.failures,
+        }
+    }
 }
 
 struct CachedRow {
@@ -381,27 +407,12 @@ async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError>
                 policy.breaker.failure_limit,
                 policy.breaker.retest_delay
             );
-            let rows = endpoints
+            let rows = endpoints.into_iter().map(|e| InstanceRow::new(e, true));
+            let absent = client
+                .absent()
                 .into_iter()
-                .map(|e| InstanceRow {
-                    instance: e.instance,
-                    address: e.address,
-                    state: e.breaker.state.to_string(),
-                    retest_in: e
-                        .breaker
-                        .retest_in
-                        .map(|d| format!("{:.1} s", d.as_secs_f64()))
-                        .unwrap_or_default(),
-                    ewma: e
-                        .breaker
-                        .ewma
-                        .map(|d| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
-                        .unwrap_or_default(),
-                    in_flight: e.breaker.in_flight,
-                    calls: e.breaker.calls,
-                    failures: e.breaker.failures,
-                })
-                .collect();
+                .map(|e| InstanceRow::new(e, false));
+            let rows = rows.chain(absent).collect();
             (summary, rows)
         }
     };
