@@ -300,3 +300,83 @@ async fn a_registry_outage_changes_nothing_and_new_instances_appear_after_it() {
     let by_instance = spread(&client, 30).await;
     assert_eq!(by_instance.len(), 3, "{by_instance:?}");
 }
+
+/// The client is a tower `Service`: a user's layer goes around the whole of
+/// it, and another around each instance, both with `ServiceBuilder`. Here
+/// each instance may take one call at a time, so four calls at once to two
+/// slow instances go two by two, each instance taking two.
+#[tokio::test]
+async fn users_wrap_the_client_and_each_instance_in_layers_of_their_own() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use market_proto::ratings::v1::{GetRatingRequest, ratings_client::RatingsClient as Grpc};
+    use resilience::{Attempt, Client};
+    use tower::{ServiceBuilder, ServiceExt as _, limit::ConcurrencyLimitLayer};
+
+    const DELAY: Duration = Duration::from_millis(200);
+    let cluster = Cluster::start(&[]).await;
+    let _instances = [
+        cluster.ratings(1, &["--delay", "200ms"]).await,
+        cluster.ratings(2, &["--delay", "200ms"]).await,
+    ];
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let client = Client::builder("ratings", contract_policy())
+        .instance_layer(
+            ServiceBuilder::new()
+                .layer(ConcurrencyLimitLayer::new(1))
+                .map_request(move |attempt: Attempt<GetRatingRequest>| {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    attempt
+                })
+                .into_inner(),
+        )
+        .discover(cluster.registries(), |channel, request| async move {
+            Grpc::new(channel).get(request).await
+        })
+        .expect("a valid policy");
+    client.synced().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = ServiceBuilder::new()
+        .map_request(move |request: GetRatingRequest| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            request
+        })
+        .service(client.clone());
+
+    let start = Instant::now();
+    let answers = futures::future::join_all((0..4).map(|_| {
+        service.clone().oneshot(GetRatingRequest {
+            thing_id: "camera".into(),
+        })
+    }))
+    .await;
+    let elapsed = start.elapsed();
+    let mut by_instance = HashMap::new();
+    for answer in answers {
+        let served = answer.expect("every call is answered");
+        assert_eq!(served.response.rating, 45);
+        *by_instance
+            .entry(served.response.served_by)
+            .or_insert(0usize) += 1;
+    }
+    eprintln!(
+        "FIGURE layered_4_calls_ms={} by_instance={by_instance:?}",
+        elapsed.as_millis()
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 4, "the outer layer saw every call");
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        4,
+        "the instance layer saw every attempt, and none was retried"
+    );
+    assert_eq!(by_instance.get("ratings-1"), Some(&2), "{by_instance:?}");
+    assert_eq!(by_instance.get("ratings-2"), Some(&2), "{by_instance:?}");
+    // One at a time per instance: two rounds of the delay, not one.
+    assert!(elapsed >= 2 * DELAY, "{elapsed:?}");
+    assert!(elapsed < 2 * DELAY + Duration::from_millis(500), "{elapsed:?}");
+}
