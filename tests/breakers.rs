@@ -110,8 +110,7 @@ async fn circuit_breaking_at_the_default_timings() {
     );
 
     // A refresh meanwhile, as a user would: complete, and only from instance
-    // 2. It also makes the balancer take the removal of instance 1, so what
-    // follows does not depend on a balancer still holding the old breaker.
+    // 2, which is all the market lists now.
     let (body, page) = load_and_wait(&web).await;
     assert_eq!(count(&body, "(live)"), 4, "{body}");
     let used = instances_used(&web, page);

@@ -20,7 +20,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tower::{
     BoxError, Layer as _, ServiceBuilder, ServiceExt as _,
     load::{CompleteOnResponse, PeakEwma},
-    timeout::Timeout,
+    timeout::{Timeout, TimeoutLayer},
     util::{BoxLayer, BoxService},
 };
 
@@ -98,10 +98,9 @@ where
             address: instance.address.as_str().into(),
         });
         let timeout = self.policy.timeout;
-        let call = Timeout::new(
-            GrpcCall::new(channel, self.method.clone(), timeout),
-            timeout,
-        );
+        let call = ServiceBuilder::new()
+            .layer(TimeoutLayer::new(timeout))
+            .service(GrpcCall::new(channel, self.method.clone(), timeout));
         let inner = match &self.instance_layer {
             Some(layer) => layer.layer(call),
             None => BoxService::new(call),
