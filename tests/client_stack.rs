@@ -368,7 +368,11 @@ async fn users_wrap_the_client_and_each_instance_in_layers_of_their_own() {
         "FIGURE layered_4_calls_ms={} by_instance={by_instance:?}",
         elapsed.as_millis()
     );
-    assert_eq!(calls.load(Ordering::Relaxed), 4, "the outer layer saw every call");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        4,
+        "the outer layer saw every call"
+    );
     assert_eq!(
         attempts.load(Ordering::Relaxed),
         4,
@@ -378,5 +382,8 @@ async fn users_wrap_the_client_and_each_instance_in_layers_of_their_own() {
     assert_eq!(by_instance.get("ratings-2"), Some(&2), "{by_instance:?}");
     // One at a time per instance: two rounds of the delay, not one.
     assert!(elapsed >= 2 * DELAY, "{elapsed:?}");
-    assert!(elapsed < 2 * DELAY + Duration::from_millis(500), "{elapsed:?}");
+    assert!(
+        elapsed < 2 * DELAY + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
 }

@@ -31,7 +31,14 @@ fn named_like_a_secret(path: &str) -> bool {
         ".npmrc",
         ".pypirc",
     ];
-    const WORDS: [&str; 6] = ["token", "secret", "password", "passwd", "credential", "private"];
+    const WORDS: [&str; 6] = [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "private",
+    ];
     const CODE_AND_DOCS: [&str; 7] = ["rs", "proto", "md", "html", "py", "sh", "toml"];
     KEY_FILES.contains(&extension)
         || KEY_NAMES.iter().any(|key| name.starts_with(key))
@@ -77,7 +84,10 @@ fn no_tracked_file_is_named_like_a_secret() {
     );
     let tracked = String::from_utf8(listed.stdout).expect("UTF-8 paths");
     let files: Vec<&str> = tracked.split('\0').filter(|p| !p.is_empty()).collect();
-    assert!(files.len() > 10, "the repository's files are listed: {files:?}");
+    assert!(
+        files.len() > 10,
+        "the repository's files are listed: {files:?}"
+    );
     let secrets: Vec<&str> = files
         .into_iter()
         .filter(|path| named_like_a_secret(path))
