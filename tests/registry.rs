@@ -1,6 +1,7 @@
 //! The registry and the ratings service as a user runs them: real processes,
 //! real gRPC over loopback, `registryctl` for the admin steps. Every test runs
-//! twice: on the embedded store and on a real etcd server.
+//! twice, on the embedded store and on a real etcd server, except the one that
+//! only asks for the daemons' services through Python's reflection client.
 
 use std::{
     collections::HashMap,
@@ -769,12 +770,69 @@ async fn health_and_reflection_answer_on_both_daemons(store: StoreKind) {
             panic!("unexpected reflection answer {response:?}")
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.iter().any(|n| n == service), "{url}: {names:?}");
+        assert_lists_every_service(&names, service, &format!("{url}, tonic's v1 client"));
+    }
+}
+
+/// Python's stock reflection client, `grpcio-reflection`, which speaks only
+/// v1alpha, lists every service of both daemons. The store plays no part in
+/// reflection, so this runs once, on the embedded store.
+#[tokio::test]
+async fn python_v1alpha_reflection_client_lists_the_services_of_both_daemons() {
+    let s = setup(StoreKind::Memory, &[]).await;
+    let ratings = s.ratings(1, &[]).await;
+    for (addr, service) in [
+        (s.registry.addr, "market.registry.v1.Registry"),
+        (ratings.addr, "market.ratings.v1.Ratings"),
+    ] {
+        let names = python_list_services(addr).await;
+        assert_lists_every_service(&names, service, &format!("{addr}, Python's v1alpha client"));
+    }
+}
+
+/// Checks that a daemon's reflection lists its own `service`, health, and
+/// both versions of reflection.
+fn assert_lists_every_service(names: &[String], service: &str, seen_by: &str) {
+    for expected in [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
         assert!(
-            names.iter().any(|n| n == "grpc.health.v1.Health"),
-            "{url}: {names:?}"
+            names.iter().any(|n| n == expected),
+            "{seen_by}: {expected} is not listed in {names:?}"
         );
     }
+}
+
+/// The services that `tests/python/list_services.py` lists: what Python's
+/// stock v1alpha reflection client finds on the server at `addr`.
+async fn python_list_services(addr: std::net::SocketAddr) -> Vec<String> {
+    const INSTALL: &str = "install Python 3, then `python3 -m pip install grpcio grpcio-reflection` \
+                           (tests/run.sh installs them when they are missing)";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/list_services.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("list_services.py ends within a minute")
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}; {INSTALL}"));
+    assert!(
+        output.status.success(),
+        "list_services.py {addr} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8 output")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn provisioned_tokens_work_and_create_service_can_be_idempotent(store: StoreKind) {

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it and CI runs it.
 #
-# It installs the system packages the tests need when they are missing, builds
-# every binary of the workspace (the whole-system tests start them as real
-# processes), runs every test of every crate, then the benchmark suite's smoke
-# run (`bench --quick`), so that the suite never rots.
+# It installs the system packages and Python modules the tests need when they
+# are missing, builds every binary of the workspace (the whole-system tests
+# start them as real processes), runs every test of every crate, then the
+# benchmark suite's smoke run (`bench --quick`), so that the suite never rots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,11 @@ need protoc protobuf-compiler
 need wrk wrk
 if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
     need_package libprotobuf-dev
+fi
+# The registry suite lists the daemons' services with Python's stock gRPC
+# reflection client (tests/python/list_services.py).
+if ! python3 -c 'import grpc, grpc_reflection' 2>/dev/null; then
+    python3 -m pip install --quiet --root-user-action=ignore grpcio grpcio-reflection
 fi
 
 features=(--features registryd/etcd)

@@ -1,9 +1,12 @@
 //! What every binary of the market does the same way: log to stderr
 //! (filtered by `RUST_LOG`, colour only on a terminal), stop on SIGINT
-//! (Ctrl-C) or SIGTERM, and take their gRPC TLS settings from one folder.
+//! (Ctrl-C) or SIGTERM, take their gRPC TLS settings from one folder, and
+//! serve gRPC server reflection in both protocol versions.
 
+mod reflection;
 pub mod tls;
 
+pub use reflection::{ReflectionError, reflection_services};
 pub use tls::{Tls, TlsArgs, TlsError};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

@@ -120,8 +120,8 @@ const MAX_CALLS_PER_CONNECTION: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The reflection service could not read the contract's descriptors.
-    #[error("could not build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Reflection(#[from] daemon::ReflectionError),
     /// The transport failed.
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -146,10 +146,10 @@ pub async fn serve_with_tls(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RatingsServer<RatingsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(market_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = daemon::reflection_services(&[
+        market_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ])?;
     // Small messages both ways: do not wait to fill a segment.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server = tonic::transport::Server::builder();
@@ -162,8 +162,8 @@ pub async fn serve_with_tls(
         .timeout(CALL_TIMEOUT)
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .add_routes(reflection)
         .add_service(health_service)
-        .add_service(reflection)
         .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE));
     daemon::serve_with_drain(
         |stop| {

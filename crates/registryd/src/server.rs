@@ -41,8 +41,8 @@ pub struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The reflection service could not read the contract's descriptors.
-    #[error("could not build the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Reflection(#[from] daemon::ReflectionError),
     /// The transport failed.
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -67,10 +67,10 @@ pub async fn serve<S: Store>(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RegistryServer<RegistryApi<S>>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(market_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = daemon::reflection_services(&[
+        market_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ])?;
 
     // Small messages both ways: do not wait to fill a segment.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -86,8 +86,8 @@ pub async fn serve<S: Store>(
         // a watch stream then runs for as long as its client wants.
         .timeout(CALL_TIMEOUT)
         .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .add_routes(reflection)
         .add_service(health_service)
-        .add_service(reflection)
         .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE));
     daemon::serve_with_drain(
         |stop| {
