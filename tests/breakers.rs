@@ -30,18 +30,6 @@ fn count(body: &str, needle: &str) -> usize {
     body.matches(needle).count()
 }
 
-/// The addresses the market logged for `ratings using instance N: ADDRESS`
-/// lines after `mark`.
-fn instances_used(web: &Web, mark: usize) -> Vec<String> {
-    web.proc
-        .output()
-        .lines()
-        .skip(mark)
-        .filter_map(|line| line.split("ratings using instance ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
-        .collect()
-}
-
 /// Where the first line containing `needle` after `mark` is in the market's
 /// output, if it was printed.
 fn line_index(web: &Web, mark: usize, needle: &str) -> Option<usize> {
@@ -55,7 +43,7 @@ fn line_index(web: &Web, mark: usize, needle: &str) -> Option<usize> {
 }
 
 /// Loads one page and waits until the market logged that its lookups ended,
-/// so that [`instances_used`] sees all of them.
+/// so that [`Web::instances_used`] sees all of them.
 async fn load_and_wait(web: &Web) -> (String, usize) {
     let mark = web.proc.mark();
     let body = load(web).await;
@@ -113,7 +101,7 @@ async fn circuit_breaking_at_the_default_timings() {
     // 2, which is all the market lists now.
     let (body, page) = load_and_wait(&web).await;
     assert_eq!(count(&body, "(live)"), 4, "{body}");
-    let used = instances_used(&web, page);
+    let used = web.instances_used(page);
     assert!(
         !used.is_empty() && used.iter().all(|a| *a == two.url()),
         "only instance 2 while instance 1 is gone: {used:?}"
@@ -172,7 +160,7 @@ async fn circuit_breaking_at_the_default_timings() {
 
     // Calls interleave between both instances again.
     let (_, page) = load_and_wait(&web).await;
-    let used = instances_used(&web, page);
+    let used = web.instances_used(page);
     let after_cont = resumed.elapsed();
     eprintln!(
         "FIGURE default_timings cont_to_close_s={:.2} cont_to_interleaved_s={:.2}",

@@ -120,18 +120,6 @@ async fn ratings_appear_then_stay_cached_when_every_instance_stops() {
     assert!(slowest < Duration::from_millis(50), "{slowest:?}");
 }
 
-/// The addresses the market logged for `ratings using instance N: ADDRESS`
-/// lines after `mark`.
-fn instances_used(web: &Web, mark: usize) -> Vec<String> {
-    web.proc
-        .output()
-        .lines()
-        .skip(mark)
-        .filter_map(|line| line.split("ratings using instance ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test]
 async fn round_robin_interleaves_calls_between_two_instances() {
     let cluster = Cluster::start(&[]).await;
@@ -142,7 +130,7 @@ async fn round_robin_interleaves_calls_between_two_instances() {
     web.proc
         .wait_for_line_after(mark, "WAITED", Duration::from_secs(5))
         .await;
-    let used = instances_used(&web, mark);
+    let used = web.instances_used(mark);
     assert_eq!(used.len(), 4);
     assert!(
         used.iter().all(|a| *a == one.url()),
@@ -165,7 +153,7 @@ async fn round_robin_interleaves_calls_between_two_instances() {
     for _ in 0..3 {
         load(&web).await;
     }
-    let used = instances_used(&web, mark);
+    let used = web.instances_used(mark);
     let to_one = used.iter().filter(|a| **a == one.url()).count();
     let to_two = used.iter().filter(|a| **a == two.url()).count();
     eprintln!("FIGURE round_robin_12_lookups one={to_one} two={to_two}");
@@ -218,7 +206,7 @@ async fn circuit_breaking_around_a_paused_instance() {
     }
     eprintln!("FIGURE pages_while_open_slowest_ms={}", slowest.as_millis());
     assert!(slowest < Duration::from_millis(100), "{slowest:?}");
-    let used = instances_used(&web, mark);
+    let used = web.instances_used(mark);
     assert!(used.iter().all(|a| *a == two.url()), "{used:?}");
 
     // After the retest delay the market is willing to try it again.
@@ -244,7 +232,7 @@ async fn circuit_breaking_around_a_paused_instance() {
     web.proc
         .wait_for_line_after(mark, "WAITED", Duration::from_secs(5))
         .await;
-    let used = instances_used(&web, mark);
+    let used = web.instances_used(mark);
     assert!(
         used.contains(&one.url()) && used.contains(&two.url()),
         "interleaved again: {used:?}"

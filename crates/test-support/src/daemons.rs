@@ -252,6 +252,18 @@ pub struct Web {
 }
 
 impl Web {
+    /// The addresses the market logged in its `ratings using instance N:
+    /// ADDRESS` lines after `mark`, in order.
+    pub fn instances_used(&self, mark: usize) -> Vec<String> {
+        self.proc
+            .output()
+            .lines()
+            .skip(mark)
+            .filter_map(|line| line.split("ratings using instance ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().nth(1).map(str::to_owned))
+            .collect()
+    }
+
     /// Starts `market-web` on a free loopback port with `args`, and waits
     /// until it listens.
     pub async fn start(args: &[&str]) -> Self {
