@@ -99,12 +99,13 @@ impl Daemon {
         };
         let name = name.into();
         let mut command = Command::new(&path);
+        // Settings come as flags only: nothing from the bench's environment.
+        for setting in daemon::SETTINGS_FROM_ENV {
+            command.env_remove(setting);
+        }
         command
             .args(args)
             .env("RUST_LOG", log_filter(program))
-            .env_remove("REGISTRY_TOKEN")
-            .env_remove("REGISTRY_ADMIN_TOKEN")
-            .env_remove("REGISTRY_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -305,10 +306,13 @@ pub(crate) async fn create_service(
     admin_token: &str,
     name: &str,
 ) -> anyhow::Result<String> {
-    let output = Command::new(bin("registryctl")?)
+    let mut command = Command::new(bin("registryctl")?);
+    for setting in daemon::SETTINGS_FROM_ENV {
+        command.env_remove(setting);
+    }
+    let output = command
         .args(["--registry", url, "--admin-token", admin_token])
         .args(["create-service", name])
-        .env_remove("REGISTRY_TOKEN")
         .output()
         .await
         .context("cannot run registryctl")?;

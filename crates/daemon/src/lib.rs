@@ -9,6 +9,27 @@ pub mod tls;
 pub use reflection::{ReflectionError, reflection_services};
 pub use tls::{Tls, TlsArgs, TlsError};
 
+/// Every environment variable a binary of this workspace reads a setting
+/// from: each is the fallback of one of its flags.
+///
+/// A supervisor that gives its children their settings as flags removes all
+/// of these from their environment, so that a variable exported in the shell
+/// that started it (`MARKET_TLS_DIR`, say) cannot turn a plaintext child into
+/// a TLS one, nor hand it a token it was not meant to have. The market demo,
+/// the test helpers and the benchmark suite all do; `tests/environment.rs`
+/// checks this list against every binary's `--help`.
+pub const SETTINGS_FROM_ENV: [&str; 9] = [
+    "MARKET_LISTEN",
+    "MARKET_MTLS",
+    "MARKET_TLS_DIR",
+    "REGISTRY_ADDR",
+    "REGISTRY_ADMIN_TOKEN",
+    "REGISTRY_DATA_DIR",
+    "REGISTRY_ETCD_ENDPOINTS",
+    "REGISTRY_LISTEN",
+    "REGISTRY_TOKEN",
+];
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

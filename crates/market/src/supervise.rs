@@ -68,13 +68,12 @@ impl Proc {
         if let Some(log) = log {
             command.env("RUST_LOG", log);
         }
+        // Every setting comes as a flag: nothing from the demo's shell.
+        for setting in daemon::SETTINGS_FROM_ENV {
+            command.env_remove(setting);
+        }
         let mut child = command
             .args(args)
-            .env_remove("REGISTRY_TOKEN")
-            .env_remove("REGISTRY_ADMIN_TOKEN")
-            .env_remove("REGISTRY_ADDR")
-            .env_remove("MARKET_TLS_DIR")
-            .env_remove("MARKET_MTLS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

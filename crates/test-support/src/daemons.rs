@@ -63,13 +63,16 @@ impl Registry {
     ///
     /// When it fails.
     pub async fn ctl(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new(crate::bin("registryctl"))
+        let mut command = tokio::process::Command::new(crate::bin("registryctl"));
+        for setting in daemon::SETTINGS_FROM_ENV {
+            command.env_remove(setting);
+        }
+        let output = command
             .arg("--registry")
             .arg(self.url())
             .arg("--admin-token")
             .arg(&self.admin_token)
             .args(args)
-            .env_remove("REGISTRY_TOKEN")
             .output()
             .await
             .expect("run registryctl");

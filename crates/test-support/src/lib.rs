@@ -85,12 +85,13 @@ impl Proc {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut command = Command::new(bin(name));
+        // Settings come as flags only: nothing from the tests' environment.
+        for setting in daemon::SETTINGS_FROM_ENV {
+            command.env_remove(setting);
+        }
         command
             .args(args)
             .env("RUST_LOG", "info")
-            .env_remove("REGISTRY_TOKEN")
-            .env_remove("REGISTRY_ADMIN_TOKEN")
-            .env_remove("REGISTRY_ADDR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
