@@ -1,11 +1,14 @@
 //! What every binary of the market does the same way: log to stderr
 //! (filtered by `RUST_LOG`, colour only on a terminal), stop on SIGINT
 //! (Ctrl-C) or SIGTERM, take their gRPC TLS settings from one folder, and
-//! serve gRPC server reflection in both protocol versions.
+//! serve their gRPC service with health, reflection in both protocol
+//! versions, explicit limits and a bounded drain ([`serve_grpc`]).
 
+mod grpc;
 mod reflection;
 pub mod tls;
 
+pub use grpc::{Limits, ServeError, Serving, serve_grpc};
 pub use reflection::{ReflectionError, reflection_services};
 pub use tls::{Tls, TlsArgs, TlsError};
 

@@ -12,7 +12,7 @@ use std::{future::Future, time::Duration};
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
 use tokio::net::TcpListener;
-use tonic::transport::{ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 /// The ratings served, in tenths of a star, by item id.
@@ -103,29 +103,18 @@ impl pb::ratings_server::Ratings for RatingsService {
 /// The largest request accepted, in bytes (an item id is at most 63).
 pub const MAX_MESSAGE: usize = 4 * 1024;
 
-/// The longest a call may take before it is answered DEADLINE_EXCEEDED, even
-/// with `--delay`.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The largest request header block.
-const MAX_HEADER_BYTES: u32 = 16 * 1024;
-
-/// How long, at shutdown, calls in flight may take to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Calls in flight on one connection before further ones wait.
-const MAX_CALLS_PER_CONNECTION: usize = 1024;
+/// How the instance serves: no call takes longer than 30 s to answer, even
+/// with `--delay`; one connection holds at most 1,024 calls at once; a
+/// request's headers are at most 16 KiB; calls in flight at shutdown get 5 s.
+const LIMITS: daemon::Limits = daemon::Limits {
+    call_timeout: Duration::from_secs(30),
+    calls_per_connection: 1024,
+    max_header_bytes: 16 * 1024,
+    drain: Duration::from_secs(5),
+};
 
 /// Why the server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection service could not read the contract's descriptors.
-    #[error(transparent)]
-    Reflection(#[from] daemon::ReflectionError),
-    /// The transport failed.
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+pub use daemon::ServeError;
 
 /// Serves `service` on `listener` until `shutdown` resolves, then lets the calls
 /// in flight finish.
@@ -144,41 +133,19 @@ pub async fn serve_with_tls(
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RatingsServer<RatingsService>>().await;
-    let reflection = daemon::reflection_services(&[
-        market_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ])?;
-    // Small messages both ways: do not wait to fill a segment.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    let router = server
-        // Explicit limits: no call takes longer than this to answer, and one
-        // connection cannot hold more than this many calls at once.
-        .timeout(CALL_TIMEOUT)
-        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
-        .http2_max_header_list_size(MAX_HEADER_BYTES)
-        .add_routes(reflection)
-        .add_service(health_service)
-        .add_service(RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE));
-    daemon::serve_with_drain(
-        |stop| {
-            router.serve_with_incoming_shutdown(incoming, async move {
-                stop.await;
-                health
-                    .set_not_serving::<RatingsServer<RatingsService>>()
-                    .await;
-            })
-        },
+    let serving = daemon::Serving {
+        tls,
+        limits: LIMITS,
+        descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
+    };
+    daemon::serve_grpc(
+        RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE),
+        listener,
+        serving,
         shutdown,
-        DRAIN_TIMEOUT,
+        || {},
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! Puts the registry on a listener, with gRPC health and server reflection.
+//! Puts the registry on a listener, with gRPC health and server reflection
+//! (the daemons' common way to serve, `daemon::serve_grpc`).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use market_proto::registry::v1::registry_server::RegistryServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::ServerTlsConfig;
 
 use crate::{api::RegistryApi, store::Store};
 
@@ -13,18 +14,17 @@ use crate::{api::RegistryApi, store::Store};
 /// metadata is about 5 KiB. A larger one is refused with OUT_OF_RANGE.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
-/// The longest a call may take to answer before DEADLINE_EXCEEDED.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The largest request header block (the token and gRPC's own headers are a
-/// few hundred bytes).
-const MAX_HEADER_BYTES: u32 = 16 * 1024;
-
-/// How long, at shutdown, calls in flight may take to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Calls in flight on one connection before further ones wait.
-const MAX_CALLS_PER_CONNECTION: usize = 256;
+/// How the registry serves: a unary call's answer, or a watch's first
+/// response, within 30 s (a watch stream then runs for as long as its client
+/// wants); one connection holds at most 256 calls at once; a request's
+/// headers (the token and gRPC's own, a few hundred bytes) are at most
+/// 16 KiB; calls in flight at shutdown get 5 s.
+const LIMITS: daemon::Limits = daemon::Limits {
+    call_timeout: Duration::from_secs(30),
+    calls_per_connection: 256,
+    max_header_bytes: 16 * 1024,
+    drain: Duration::from_secs(5),
+};
 
 /// How the registry serves.
 #[derive(Debug, Clone)]
@@ -38,15 +38,7 @@ pub struct ServeConfig {
 }
 
 /// Why the server stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection service could not read the contract's descriptors.
-    #[error(transparent)]
-    Reflection(#[from] daemon::ReflectionError),
-    /// The transport failed.
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+pub use daemon::ServeError;
 
 /// Serves the registry over `store` on `listener` until `shutdown` resolves,
 /// then ends open watch streams (their clients reconnect elsewhere) and lets
@@ -65,43 +57,18 @@ pub async fn serve<S: Store>(
         closing.clone(),
     );
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RegistryServer<RegistryApi<S>>>().await;
-    let reflection = daemon::reflection_services(&[
-        market_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ])?;
-
-    // Small messages both ways: do not wait to fill a segment.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = config.tls {
-        server = server.tls_config(tls)?;
-    }
-    let router = server
-        // Explicit limits: a registry's requests are small, and one
-        // connection cannot hold more than this many calls at once.
-        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
-        // A unary call's answer, or a watch's first response, within this;
-        // a watch stream then runs for as long as its client wants.
-        .timeout(CALL_TIMEOUT)
-        .http2_max_header_list_size(MAX_HEADER_BYTES)
-        .add_routes(reflection)
-        .add_service(health_service)
-        .add_service(RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE));
-    daemon::serve_with_drain(
-        |stop| {
-            router.serve_with_incoming_shutdown(incoming, async move {
-                stop.await;
-                health
-                    .set_not_serving::<RegistryServer<RegistryApi<S>>>()
-                    .await;
-                closing.cancel();
-            })
-        },
+    let serving = daemon::Serving {
+        tls: config.tls,
+        limits: LIMITS,
+        descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
+    };
+    // A shutdown ends open watch streams: their clients reconnect elsewhere.
+    daemon::serve_grpc(
+        RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE),
+        listener,
+        serving,
         shutdown,
-        DRAIN_TIMEOUT,
+        move || closing.cancel(),
     )
-    .await?;
-    Ok(())
+    .await
 }
