@@ -4,16 +4,11 @@
 
 use std::fmt;
 
-use market_proto::{
-    BalanceMode, ContractPolicy,
-    ratings::v1::{
-        GetRatingRequest, RATINGS_CLIENT_POLICY, ratings_client::RatingsClient as GrpcClient,
-    },
+use market_proto::ratings::v1::{
+    GetRatingRequest, RATINGS_CLIENT_POLICY, ratings_client::RatingsClient as GrpcClient,
 };
 use registry_client::{Registries, WatchUpdate};
-use resilience::{
-    Balance, BreakerPolicy, CallError, Client, EndpointSnapshot, Policy, PolicyError,
-};
+use resilience::{CallError, Client, EndpointSnapshot, Policy, PolicyError};
 use tower::ServiceExt as _;
 
 /// The service's name in the registry.
@@ -47,33 +42,7 @@ impl fmt::Display for Rating {
 /// The policy the ratings contract declares, completed with the stack's
 /// defaults where the contract says nothing.
 pub fn contract_policy() -> Policy {
-    policy_from(&RATINGS_CLIENT_POLICY)
-}
-
-fn policy_from(contract: &ContractPolicy) -> Policy {
-    let defaults = Policy::default();
-    let timeout = contract.timeout.unwrap_or(defaults.timeout);
-    Policy {
-        timeout,
-        deadline: contract.deadline.unwrap_or(timeout * 2),
-        breaker: BreakerPolicy {
-            failure_limit: contract
-                .failure_limit
-                .unwrap_or(defaults.breaker.failure_limit),
-            retest_delay: contract
-                .retest_delay
-                .unwrap_or(defaults.breaker.retest_delay),
-            max_open: contract.max_open.unwrap_or(defaults.breaker.max_open),
-            jitter: defaults.breaker.jitter,
-        },
-        balance: match contract.balance {
-            Some(BalanceMode::RoundRobin) => Balance::RoundRobin,
-            Some(BalanceMode::P2c) | None => defaults.balance,
-        },
-        retries: contract.retries.unwrap_or(defaults.retries),
-        hedge_after: contract.hedge_after.or(defaults.hedge_after),
-        retry_budget: defaults.retry_budget,
-    }
+    Policy::from_contract(&RATINGS_CLIENT_POLICY)
 }
 
 /// The one method the stack calls: `Ratings/Get` on an instance's channel.
@@ -172,7 +141,7 @@ mod tests {
         assert_eq!(policy.breaker.failure_limit, 1);
         assert_eq!(policy.breaker.retest_delay, Duration::from_secs(30));
         assert_eq!(policy.retries, 1);
-        assert_eq!(policy.balance, Balance::P2c);
+        assert_eq!(policy.balance, resilience::Balance::P2c);
         policy.validate().unwrap();
     }
 

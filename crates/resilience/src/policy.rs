@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use market_proto::{BalanceMode, ContractPolicy};
+
 use crate::BreakerPolicy;
 
 /// How a client picks an instance for a first attempt.
@@ -99,6 +101,42 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// The policy a service's contract declares, completed with
+    /// [`Policy::default`]'s values where the contract says nothing; the
+    /// deadline then defaults to twice the contract's timeout.
+    ///
+    /// `build.rs` turns each service's `market.policy.v1.client_policy`
+    /// option into a [`ContractPolicy`] constant named after the service, so
+    /// a client of `Ratings` starts from
+    /// `Policy::from_contract(&RATINGS_CLIENT_POLICY)`. The result is checked
+    /// when a [`crate::Client`] is built with it ([`Policy::validate`]).
+    pub fn from_contract(contract: &ContractPolicy) -> Self {
+        let defaults = Self::default();
+        let timeout = contract.timeout.unwrap_or(defaults.timeout);
+        Self {
+            timeout,
+            deadline: contract.deadline.unwrap_or(timeout * 2),
+            breaker: BreakerPolicy {
+                failure_limit: contract
+                    .failure_limit
+                    .unwrap_or(defaults.breaker.failure_limit),
+                retest_delay: contract
+                    .retest_delay
+                    .unwrap_or(defaults.breaker.retest_delay),
+                max_open: contract.max_open.unwrap_or(defaults.breaker.max_open),
+                jitter: defaults.breaker.jitter,
+            },
+            balance: match contract.balance {
+                Some(BalanceMode::RoundRobin) => Balance::RoundRobin,
+                Some(BalanceMode::P2c) => Balance::P2c,
+                None => defaults.balance,
+            },
+            retries: contract.retries.unwrap_or(defaults.retries),
+            hedge_after: contract.hedge_after.or(defaults.hedge_after),
+            retry_budget: defaults.retry_budget,
+        }
+    }
+
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), PolicyError> {
         // Far beyond any sensible value, and far below what would overflow a
@@ -142,5 +180,54 @@ impl Policy {
             return Err(PolicyError::Budget(self.retry_budget.to_string()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contract_overrides_only_what_it_declares() {
+        let contract = ContractPolicy {
+            timeout: Some(Duration::from_millis(200)),
+            deadline: None,
+            retest_delay: Some(Duration::from_secs(10)),
+            max_open: None,
+            hedge_after: Some(Duration::from_millis(50)),
+            failure_limit: Some(3),
+            retries: None,
+            balance: Some(BalanceMode::RoundRobin),
+        };
+        let policy = Policy::from_contract(&contract);
+        let defaults = Policy::default();
+        assert_eq!(policy.timeout, Duration::from_millis(200));
+        assert_eq!(
+            policy.deadline,
+            Duration::from_millis(400),
+            "twice the timeout"
+        );
+        assert_eq!(policy.breaker.failure_limit, 3);
+        assert_eq!(policy.breaker.retest_delay, Duration::from_secs(10));
+        assert_eq!(policy.breaker.max_open, defaults.breaker.max_open);
+        assert_eq!(policy.hedge_after, Some(Duration::from_millis(50)));
+        assert_eq!(policy.retries, defaults.retries);
+        assert_eq!(policy.balance, Balance::RoundRobin);
+        policy.validate().unwrap();
+    }
+
+    #[test]
+    fn an_empty_contract_is_the_default_policy() {
+        let empty = ContractPolicy {
+            timeout: None,
+            deadline: None,
+            retest_delay: None,
+            max_open: None,
+            hedge_after: None,
+            failure_limit: None,
+            retries: None,
+            balance: None,
+        };
+        assert_eq!(Policy::from_contract(&empty), Policy::default());
     }
 }
