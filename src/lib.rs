@@ -1,5 +1,12 @@
-//! The wire contract of the market: the gRPC types of the ratings service and of
-//! the registry, generated at build time from the files under `proto/`.
+//! The wire contract of the market: the gRPC types of its services and of the
+//! registry, generated at build time from every `.proto` file under `proto/`.
+//!
+//! Each package is a module named after it: `market.ratings.v1` is
+//! [`market::ratings::v1`], also reachable as [`ratings::v1`]. A service that
+//! declares a client policy (the `market.policy.v1.client_policy` option) gets
+//! a [`ContractPolicy`] constant beside its generated code, named after the
+//! service: `Ratings` declares `ratings::v1::RATINGS_CLIENT_POLICY`. Adding a
+//! contract is adding its `.proto` file; nothing here changes.
 //!
 //! Everything that crosses a process boundary is defined here and nowhere else.
 //! The daemons and libraries of the workspace convert these types into their own
@@ -7,24 +14,13 @@
 
 use std::time::Duration;
 
-/// `market.ratings.v1`: the ratings service.
-pub mod ratings {
-    /// Version 1 of the ratings contract.
-    pub mod v1 {
-        #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-        tonic::include_proto!("market.ratings.v1");
-        include!(concat!(env!("OUT_DIR"), "/market.ratings.v1.policy.rs"));
-    }
-}
+// One module per package under `proto/`, written by build.rs:
+// `market.ratings.v1` is `market::ratings::v1`.
+include!(concat!(env!("OUT_DIR"), "/contracts.rs"));
 
-/// `market.policy.v1`: how a contract declares the way clients should call it.
-pub mod policy {
-    /// Version 1 of the policy contract.
-    pub mod v1 {
-        #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-        tonic::include_proto!("market.policy.v1");
-    }
-}
+/// The market's packages, without the `market` prefix: `ratings::v1` is
+/// `market.ratings.v1`.
+pub use self::market::*;
 
 /// A client policy as a service's contract declares it (the
 /// `market.policy.v1.client_policy` option), read at build time. `None` means
@@ -56,15 +52,6 @@ pub enum BalanceMode {
     P2c,
     /// Strict rotation over the instances sorted by address.
     RoundRobin,
-}
-
-/// `market.registry.v1`: the registry of services and their instances.
-pub mod registry {
-    /// Version 1 of the registry contract.
-    pub mod v1 {
-        #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-        tonic::include_proto!("market.registry.v1");
-    }
 }
 
 /// The encoded `FileDescriptorSet` of every `.proto` file, for gRPC server
