@@ -5,10 +5,13 @@
 //! versions, explicit limits and a bounded drain ([`serve_grpc`]).
 
 mod grpc;
+pub mod instances;
+pub mod ready;
 mod reflection;
 pub mod tls;
 
 pub use grpc::{Limits, ServeError, Serving, serve_grpc};
+pub use instances::{InstanceArgs, Service, run_instances};
 pub use reflection::{ReflectionError, reflection_services};
 pub use tls::{Tls, TlsArgs, TlsError};
 

@@ -68,7 +68,7 @@ pub(crate) struct ChaosArgs {
 
     /// The instances' TTL (whole seconds, 1s to 300s): how long a dead one
     /// stays listed at most.
-    #[arg(long, default_value = "3s", value_parser = ratings_server::cli::parse_ttl)]
+    #[arg(long, default_value = "3s", value_parser = daemon::instances::parse_ttl)]
     ttl: Duration,
 
     /// Pages loaded before the faults start.

@@ -78,7 +78,11 @@ pub(crate) struct DemoArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = daemon::instances::parse_adjusted(|command| {
+        command.mut_subcommand("ratings-server", |c| {
+            daemon::instances::with_service_help(c, &ratings_server::SERVICE)
+        })
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.daemon {
         Some(Daemon::Registryd(cli)) => {

@@ -2,9 +2,10 @@
 //!
 //! [`RatingsService`] answers `market.ratings.v1.Ratings/Get` from a fixed
 //! table, as the original did, and can be told to misbehave ([`Faults`]) for
-//! demos and tests. [`serve`] puts it on a listener with gRPC health and server
-//! reflection. Registration with the registry is the binary's business, through
-//! the `registry-client` crate.
+//! demos and tests. [`SERVICE`] says how its instances run: the binary hands
+//! it to `daemon::run_instances`, which serves each instance with gRPC health
+//! and reflection, registers it and heartbeats, and deregisters it before it
+//! drains. [`serve`] runs one unregistered instance inside another program.
 
 pub mod cli;
 
@@ -12,7 +13,6 @@ use std::{future::Future, time::Duration};
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 /// The ratings served, in tenths of a star, by item id.
@@ -103,49 +103,40 @@ impl pb::ratings_server::Ratings for RatingsService {
 /// The largest request accepted, in bytes (an item id is at most 63).
 pub const MAX_MESSAGE: usize = 4 * 1024;
 
-/// How the instance serves: no call takes longer than 30 s to answer, even
+/// The ratings service as its instances run: registered as `ratings`,
+/// instance N on port 8000+N. No call takes longer than 30 s to answer, even
 /// with `--delay`; one connection holds at most 1,024 calls at once; a
 /// request's headers are at most 16 KiB; calls in flight at shutdown get 5 s.
-const LIMITS: daemon::Limits = daemon::Limits {
-    call_timeout: Duration::from_secs(30),
-    calls_per_connection: 1024,
-    max_header_bytes: 16 * 1024,
-    drain: Duration::from_secs(5),
+pub const SERVICE: daemon::Service = daemon::Service {
+    name: "ratings",
+    base_port: 8000,
+    limits: daemon::Limits {
+        call_timeout: Duration::from_secs(30),
+        calls_per_connection: 1024,
+        max_header_bytes: 16 * 1024,
+        drain: Duration::from_secs(5),
+    },
+    descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
 };
 
 /// Why the server stopped with an error.
 pub use daemon::ServeError;
 
-/// Serves `service` on `listener` until `shutdown` resolves, then lets the calls
-/// in flight finish.
+/// Serves `service` on `listener`, unregistered and in plaintext, until
+/// `shutdown` resolves, then lets the calls in flight finish: an instance
+/// inside another program (a test, a benchmark).
 pub async fn serve(
     service: RatingsService,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_with_tls(service, listener, None, shutdown).await
-}
-
-/// Like [`serve`], over TLS when `tls` is given.
-pub async fn serve_with_tls(
-    service: RatingsService,
-    listener: TcpListener,
-    tls: Option<ServerTlsConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
     let serving = daemon::Serving {
-        tls,
-        limits: LIMITS,
-        descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
+        tls: None,
+        limits: SERVICE.limits,
+        descriptor_sets: SERVICE.descriptor_sets,
     };
-    daemon::serve_grpc(
-        RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE),
-        listener,
-        serving,
-        shutdown,
-        || {},
-    )
-    .await
+    let service = RatingsServer::new(service).max_decoding_message_size(MAX_MESSAGE);
+    daemon::serve_grpc(service, listener, serving, shutdown, || {}).await
 }
 
 #[cfg(test)]

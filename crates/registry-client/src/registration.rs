@@ -68,6 +68,12 @@ impl Registration {
         *self.lease.borrow()
     }
 
+    /// The lease in force as it changes, `None` while (re)registering: to
+    /// wait for the registration apart from this handle.
+    pub fn watch_lease(&self) -> watch::Receiver<Option<u64>> {
+        self.lease.clone()
+    }
+
     /// Waits until the instance is registered, and returns its lease.
     pub async fn registered(&mut self) -> Option<u64> {
         self.lease
