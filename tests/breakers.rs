@@ -208,7 +208,7 @@ async fn start_crashing(cluster: &Cluster, listen: &str) -> Proc {
             CRASHING_TTL,
         ],
     );
-    proc.wait_for_line(&format!("registered {CRASHING}")).await;
+    proc.registered(CRASHING).await;
     proc
 }
 

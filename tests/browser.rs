@@ -76,12 +76,7 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
 
     // The one-command demo, on free ports.
     let demo = Proc::spawn("market", ["--any-ports"]);
-    let line = demo.wait_for_line("The market is open: ").await;
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .expect("the shop's URL")
-        .to_owned();
+    let url = demo.listening("market").await;
 
     let port = free_port();
     let driver = Proc::spawn(CHROMEDRIVER, [format!("--port={port}")]);

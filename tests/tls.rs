@@ -10,7 +10,7 @@ use market_proto::{
     registry::v1::ResolveRequest,
 };
 use registry_client::Registries;
-use test_support::{Pki, Proc, Web, listening_addr};
+use test_support::{Pki, Proc, Web, socket_addr};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// A running TLS registry, its address and admin token.
@@ -35,7 +35,12 @@ async fn start_registry(tls_dir: &Path, mutual: bool) -> TlsRegistry {
         args.push("--mtls".to_owned());
     }
     let proc = Proc::spawn("registryd", &args);
-    let addr = listening_addr(&proc.wait_for_line("registryd listening on").await);
+    let url = proc.listening("registryd").await;
+    assert!(
+        url.starts_with("https://"),
+        "a TLS registry announces {url}"
+    );
+    let addr = socket_addr(&url);
     let admin_token = std::fs::read_to_string(data.path().join("admin-token"))
         .expect("the admin token")
         .trim()
@@ -160,15 +165,13 @@ async fn the_market_runs_over_mutual_tls_and_refuses_clients_without_a_certifica
             "--mtls",
         ],
     );
-    let registered = ratings
-        .wait_for_line("registered ratings-1 at https://")
-        .await;
-    let ratings_addr: SocketAddr = registered
-        .split("at https://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("an https address in {registered:?}"));
+    let announced = ratings.listening("ratings-1").await;
+    assert!(
+        announced.starts_with("https://"),
+        "a TLS instance registers an https:// address, not {announced}"
+    );
+    ratings.registered("ratings-1").await;
+    let ratings_addr: SocketAddr = socket_addr(&announced);
 
     // The shop finds the instance through the registry and calls it, both
     // over mutual TLS, and the page shows the rating.

@@ -5,28 +5,21 @@
 //! test-support's `Proc` is made for tests: it logs at `info` and echoes
 //! every line it reads. Under load the daemons log every call at `info`, so
 //! here each binary runs with per-call logs off (`RUST_LOG` below) and what
-//! it prints is kept, not echoed; readiness is still a printed line.
+//! it prints is kept, not echoed. Readiness is the daemons' JSON lines, as
+//! everywhere.
 
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use nix::{sys::signal, unistd::Pid};
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncRead, BufReader},
-    process::{Child, Command},
-    sync::Notify,
-};
+pub(crate) use daemon::supervise::Signal;
+use daemon::supervise::{Child, Spawn, socket_addr};
+use tokio::process::Command;
 
-pub(crate) use nix::sys::signal::Signal;
-
-/// How long a process may take to print that it is ready.
+/// How long a process may take to announce that it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many of a process's last lines are kept, for error messages.
@@ -67,26 +60,32 @@ pub(crate) fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// What a process printed, line by line.
-#[derive(Debug, Default)]
-struct Lines {
-    /// The last lines, and how many were printed in all.
-    kept: Mutex<(VecDeque<String>, usize)>,
-    /// Woken at each new line.
-    changed: Notify,
-}
-
-/// A running process of the benchmark. It is killed when dropped.
+/// A running process of the benchmark, started through the one supervisor
+/// (`daemon::supervise`), which it derefs to. It is killed when dropped.
 #[derive(Debug)]
 pub(crate) struct Daemon {
     /// A name for the report, e.g. `ratings-server #2`.
     pub(crate) name: String,
     child: Child,
-    lines: Arc<Lines>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
 }
 
 impl Daemon {
-    /// Starts `program` (a workspace binary's name, or an absolute path).
+    /// Starts `program` (a workspace binary's name, or an absolute path),
+    /// its lines kept, not echoed.
     pub(crate) fn spawn(
         name: impl Into<String>,
         program: &str,
@@ -98,149 +97,17 @@ impl Daemon {
             bin(program)?
         };
         let name = name.into();
-        let mut command = Command::new(&path);
-        // Settings come as flags only: nothing from the bench's environment.
-        for setting in daemon::SETTINGS_FROM_ENV {
-            command.env_remove(setting);
-        }
-        command
+        let child = Spawn::new(name.clone(), path)
             .args(args)
-            .env("RUST_LOG", log_filter(program))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", path.display()))?;
-        let lines = Arc::new(Lines::default());
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(collect(out, lines.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(collect(err, lines.clone()));
-        }
-        Ok(Self { name, child, lines })
-    }
-
-    /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or_default()
-    }
-
-    /// Sends a signal.
-    pub(crate) fn signal(&self, sig: Signal) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.pid()).context("pid out of range")?;
-        signal::kill(Pid::from_raw(pid), sig)
-            .with_context(|| format!("cannot send {sig} to {}", self.name))
-    }
-
-    /// Kills it and waits until it is gone.
-    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
-        self.child
-            .kill()
-            .await
-            .with_context(|| format!("cannot kill {}", self.name))
+            .log(log_filter(program))
+            .keep(KEPT_LINES)
+            .spawn()?;
+        Ok(Self { name, child })
     }
 
     /// Stops it with SIGTERM, waiting up to 10 s, then kills it.
     pub(crate) async fn stop(mut self) {
-        if self.signal(Signal::SIGTERM).is_ok()
-            && tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .is_ok()
-        {
-            return;
-        }
-        let _ = self.child.kill().await;
-    }
-
-    /// How many lines it printed so far: a mark for [`Daemon::wait_for_line_after`].
-    pub(crate) fn mark(&self) -> usize {
-        self.lines
-            .kept
-            .lock()
-            .map(|kept| kept.1)
-            .unwrap_or_default()
-    }
-
-    /// Waits for a line containing `needle`, from the start.
-    pub(crate) async fn wait_for_line(&self, needle: &str) -> anyhow::Result<String> {
-        self.wait_for_line_after(0, needle, READY_TIMEOUT).await
-    }
-
-    /// Waits for a line containing `needle` printed after `mark`.
-    pub(crate) async fn wait_for_line_after(
-        &self,
-        mark: usize,
-        needle: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.lines.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let found = {
-                let kept = self.lines.kept.lock().expect("lines lock");
-                let (lines, total) = &*kept;
-                let first = total - lines.len();
-                lines
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| first + i >= mark)
-                    .find(|(_, line)| line.contains(needle))
-                    .map(|(_, line)| line.clone())
-            };
-            if let Some(line) = found {
-                return Ok(line);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                bail!(
-                    "{} did not print {needle:?} within {timeout:?}; its last lines:\n{}",
-                    self.name,
-                    self.tail(20)
-                );
-            }
-        }
-    }
-
-    /// The lines it printed after `mark` that are still kept.
-    pub(crate) fn lines_after(&self, mark: usize) -> Vec<String> {
-        let kept = self.lines.kept.lock().expect("lines lock");
-        let first = kept.1 - kept.0.len();
-        kept.0
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| first + i >= mark)
-            .map(|(_, line)| line.clone())
-            .collect()
-    }
-
-    /// Its last `n` lines.
-    pub(crate) fn tail(&self, n: usize) -> String {
-        let kept = self.lines.kept.lock().expect("lines lock");
-        let skip = kept.0.len().saturating_sub(n);
-        kept.0
-            .iter()
-            .skip(skip)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-async fn collect(reader: impl AsyncRead + Unpin, lines: Arc<Lines>) {
-    let mut reader = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = reader.next_line().await {
-        let mut kept = lines.kept.lock().expect("lines lock");
-        if kept.0.len() == KEPT_LINES {
-            kept.0.pop_front();
-        }
-        kept.0.push_back(line);
-        kept.1 += 1;
-        drop(kept);
-        lines.changed.notify_waiters();
+        self.child.stop(Duration::from_secs(10)).await;
     }
 }
 
@@ -274,8 +141,7 @@ impl Registry {
         let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", &data_dir];
         args.extend_from_slice(extra);
         let daemon = Daemon::spawn("registryd", "registryd", &args)?;
-        let line = daemon.wait_for_line("registryd listening on").await?;
-        let url = format!("http://{}", test_support::listening_addr(&line));
+        let url = daemon.listening("registryd", READY_TIMEOUT).await?;
         // On first start it generates its admin token into the data dir.
         let admin_token = std::fs::read_to_string(dir.path().join("admin-token"))
             .context("registryd wrote no admin token into its data dir")?
@@ -354,20 +220,10 @@ impl Ratings {
         ];
         args.extend_from_slice(extra);
         let daemon = Daemon::spawn(format!("ratings-server #{n}"), "ratings-server", &args)?;
-        let line = daemon.wait_for_line("listening on port").await?;
-        let port: u16 = line
-            .split("listening on port ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no port in {line:?}"))?;
-        daemon
-            .wait_for_line(&format!("registered ratings-{n}"))
-            .await?;
-        Ok(Self {
-            daemon,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        })
+        let id = format!("ratings-{n}");
+        let addr = socket_addr(&daemon.listening(&id, READY_TIMEOUT).await?)?;
+        daemon.registered(&id, READY_TIMEOUT).await?;
+        Ok(Self { daemon, addr })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -438,11 +294,7 @@ impl Web {
         ];
         args.extend_from_slice(extra);
         let daemon = Daemon::spawn(format!("market-web ({label})"), "market-web", &args)?;
-        let line = daemon.wait_for_line("market-web listening on").await?;
-        let addr = line
-            .split_whitespace()
-            .find_map(|word| word.trim_start_matches("http://").parse().ok())
-            .with_context(|| format!("no address in {line:?}"))?;
+        let addr = socket_addr(&daemon.listening("market-web", READY_TIMEOUT).await?)?;
         Ok(Self { daemon, addr })
     }
 }

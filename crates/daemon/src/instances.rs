@@ -282,9 +282,9 @@ where
             || {},
         )));
         ready::announce(&ready::Event::Listening {
-            service: service.name,
-            instance: &plan.id,
-            address: &advertise,
+            service: service.name.to_owned(),
+            instance: plan.id.clone(),
+            address: advertise.clone(),
         });
         if let Some(registries) = &registries {
             let registration = Registration::spawn(
@@ -297,14 +297,14 @@ where
                     ttl: args.ttl,
                 },
             );
-            let (name, id) = (service.name, plan.id);
+            let registered = ready::Event::Registered {
+                service: service.name.to_owned(),
+                instance: plan.id,
+            };
             let mut lease = registration.watch_lease();
             tokio::spawn(async move {
                 if lease.wait_for(Option::is_some).await.is_ok() {
-                    ready::announce(&ready::Event::Registered {
-                        service: name,
-                        instance: &id,
-                    });
+                    ready::announce(&registered);
                 }
             });
             registrations.push(registration);

@@ -2,12 +2,16 @@
 //! (filtered by `RUST_LOG`, colour only on a terminal), stop on SIGINT
 //! (Ctrl-C) or SIGTERM, take their gRPC TLS settings from one folder, and
 //! serve their gRPC service with health, reflection in both protocol
-//! versions, explicit limits and a bounded drain ([`serve_grpc`]).
+//! versions, explicit limits and a bounded drain ([`serve_grpc`]), run a
+//! service's instances registered ([`run_instances`]) and announce their
+//! readiness for machines ([`ready`]). [`supervise`] is the other side: the
+//! one supervisor that starts them and waits for that readiness.
 
 mod grpc;
 pub mod instances;
 pub mod ready;
 mod reflection;
+pub mod supervise;
 pub mod tls;
 
 pub use grpc::{Limits, ServeError, Serving, serve_grpc};

@@ -19,28 +19,39 @@ use serde::{Deserialize, Serialize};
 /// One step of a daemon's start-up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ready", rename_all = "snake_case")]
-pub enum Event<'a> {
+pub enum Event {
     /// The daemon, or one of its instances, accepts connections at
     /// `address`.
     Listening {
         /// The service, e.g. `ratings`, or the daemon's name (`registryd`).
-        service: &'a str,
+        service: String,
         /// The instance's id; the daemon's name when it has no instances.
-        instance: &'a str,
+        instance: String,
         /// Where to call it: `http://127.0.0.1:8001`.
-        address: &'a str,
+        address: String,
     },
     /// The instance is registered: consumers can find it.
     Registered {
         /// The service it registered with.
-        service: &'a str,
+        service: String,
         /// The instance's id.
-        instance: &'a str,
+        instance: String,
     },
 }
 
+impl Event {
+    /// A daemon without instances listens at `address`.
+    pub fn listening(daemon: &str, address: impl Into<String>) -> Self {
+        Self::Listening {
+            service: daemon.to_owned(),
+            instance: daemon.to_owned(),
+            address: address.into(),
+        }
+    }
+}
+
 /// Prints `event` as one line on stdout.
-pub fn announce(event: &Event<'_>) {
+pub fn announce(event: &Event) {
     // A line is written whole: the lock is held for the one write.
     let line = match serde_json::to_string(event) {
         Ok(line) => line,
@@ -55,7 +66,7 @@ pub fn announce(event: &Event<'_>) {
 }
 
 /// The readiness event on `line`, if it is one.
-pub fn parse(line: &str) -> Option<Event<'_>> {
+pub fn parse(line: &str) -> Option<Event> {
     let line = line.trim();
     if !line.starts_with('{') {
         return None;
@@ -70,9 +81,9 @@ mod tests {
     #[test]
     fn events_are_one_json_object_a_line_and_read_back() {
         let event = Event::Listening {
-            service: "ratings",
-            instance: "ratings-1",
-            address: "http://127.0.0.1:8001",
+            service: "ratings".into(),
+            instance: "ratings-1".into(),
+            address: "http://127.0.0.1:8001".into(),
         };
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(

@@ -200,6 +200,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "market-web listening on http://{addr}");
+    daemon::ready::announce(&daemon::ready::Event::listening(
+        "market-web",
+        format!("http://{addr}"),
+    ));
     crate::serve(state, listener, daemon::shutdown_signal()).await?;
     tracing::info!("market-web stopped");
     Ok(())

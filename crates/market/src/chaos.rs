@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use market_proto::registry::v1::{CreateServiceRequest, ResolveRequest};
-use nix::sys::signal::Signal;
+use daemon::supervise::Signal;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
 use tokio::{
@@ -27,7 +27,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::supervise::{Output, Proc, address_in, port_in};
+use crate::supervise::{self, Output, Proc, READY, socket_addr};
 
 /// The items of the shop, whose ratings every page should show.
 const ITEMS: [&str; 4] = ["basketball", "briefcase", "camera", "football"];
@@ -302,9 +302,8 @@ impl Topology {
             token.clone(),
         ];
         web_args.extend(args.policy.to_args());
-        let mut web = Proc::start(&exe, "market-web", &web_args, shown, Some(LOG))?;
-        let line = web.ready("market-web listening on").await?;
-        let web_addr = address_in(&line).context("market-web did not say where it listens")?;
+        let web = supervise::start(&exe, "market-web", &web_args, shown, LOG)?;
+        let web_addr = socket_addr(&web.listening("market-web", READY).await?)?;
         Ok(Self {
             exe,
             shown,
@@ -358,8 +357,8 @@ impl Topology {
         let Some(mut instance) = self.instances.remove(id) else {
             return Ok(());
         };
-        instance.proc.signal(signal);
-        instance.proc.signal(Signal::SIGCONT);
+        instance.proc.signal(signal)?;
+        instance.proc.signal(Signal::SIGCONT)?;
         instance.proc.wait_exit(Duration::from_secs(10)).await?;
         self.dead_since.insert(id.to_owned(), Instant::now());
         self.retired.push(instance.proc);
@@ -368,7 +367,7 @@ impl Topology {
 
     /// Stops the registry (SIGTERM) and starts it again where it was.
     async fn restart_registry(&mut self) -> anyhow::Result<()> {
-        self.registry.signal(Signal::SIGTERM);
+        self.registry.signal(Signal::SIGTERM)?;
         self.registry.wait_exit(Duration::from_secs(10)).await?;
         let (registry, _) = start_registry(
             &self.exe,
@@ -433,7 +432,7 @@ impl Topology {
             ("pause", Some(id)) => {
                 let span = between(rng, 0.5, 4.0);
                 if let Some(instance) = self.instances.get_mut(&id) {
-                    instance.proc.signal(Signal::SIGSTOP);
+                    instance.proc.signal(Signal::SIGSTOP)?;
                     instance.paused = true;
                 }
                 undo.push((now + span, Undo::Resume(id.clone())));
@@ -484,7 +483,7 @@ impl Topology {
         Ok(match undo {
             Undo::Resume(id) => {
                 if let Some(instance) = self.instances.get_mut(&id) {
-                    instance.proc.signal(Signal::SIGCONT);
+                    instance.proc.signal(Signal::SIGCONT)?;
                     instance.paused = false;
                 }
                 format!("resumed {id}")
@@ -536,10 +535,10 @@ impl Topology {
     /// then the registry.
     async fn stop(&mut self) {
         for instance in self.instances.values_mut() {
-            instance.proc.stop().await;
+            supervise::stop(&mut instance.proc).await;
         }
-        self.web.stop().await;
-        self.registry.stop().await;
+        supervise::stop(&mut self.web).await;
+        supervise::stop(&mut self.registry).await;
     }
 }
 
@@ -560,9 +559,8 @@ async fn start_registry(
         "--admin-token".to_owned(),
         admin.to_owned(),
     ];
-    let mut registry = Proc::start(exe, "registryd", &args, shown, Some(LOG))?;
-    let line = registry.ready("registryd listening on").await?;
-    let addr = address_in(&line).context("registryd did not say where it listens")?;
+    let registry = supervise::start(exe, "registryd", &args, shown, LOG)?;
+    let addr = socket_addr(&registry.listening("registryd", READY).await?)?;
     Ok((registry, addr))
 }
 
@@ -590,9 +588,9 @@ async fn start_instance(
         humantime::format_duration(ttl).to_string(),
     ];
     args.extend_from_slice(extra);
-    let mut proc = Proc::start(exe, id, &args, shown, Some(LOG))?;
-    port_in(&proc.ready("listening on port").await?).context("no port")?;
-    proc.ready(&format!("registered {id}")).await?;
+    let proc = supervise::start(exe, id, &args, shown, LOG)?;
+    proc.listening(id, READY).await?;
+    proc.registered(id, READY).await?;
     Ok(proc)
 }
 

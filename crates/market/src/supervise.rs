@@ -1,215 +1,57 @@
 //! Starts the demo's processes, shows where they are, and stops them in order.
 
-use std::{
-    collections::VecDeque,
-    net::SocketAddr,
-    path::PathBuf,
-    process::Stdio,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+pub(crate) use daemon::supervise::Child as Proc;
+use daemon::supervise::Spawn;
+pub(crate) use daemon::supervise::socket_addr;
 use market_proto::registry::v1::CreateServiceRequest;
-use nix::{sys::signal::Signal, unistd::Pid};
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-    sync::Notify,
-};
 
 use crate::DemoArgs;
 
-/// How many of a process's latest lines are kept to spot its readiness.
-const KEPT_LINES: usize = 256;
-
 /// How long a process may take to be ready before the demo gives up.
-const READY: Duration = Duration::from_secs(30);
+pub(crate) const READY: Duration = Duration::from_secs(30);
 
-/// One process of the demo, with what it printed.
-pub(crate) struct Proc {
-    pub(crate) name: String,
-    child: Child,
-    lines: Arc<Mutex<VecDeque<String>>>,
-    printed: Arc<Notify>,
-    panics: Arc<AtomicUsize>,
-}
+/// How long a process may take to stop before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// What becomes of a process's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Output {
     /// Shown on stderr behind the process's name.
     Echo,
-    /// Only scanned, for readiness and panics.
+    /// Only kept, for errors; panics are still shown.
     Quiet,
 }
 
-impl Proc {
-    /// Starts `market <args…>` in its own process group (so that Ctrl-C
-    /// reaches only the demo, which then stops everything in order), with its
-    /// output shown behind its name.
-    fn spawn(exe: &PathBuf, name: &str, args: &[String]) -> anyhow::Result<Self> {
-        Self::start(exe, name, args, Output::Echo, None)
+/// Starts `market <args…>` under `name` through the one supervisor, in its
+/// own process group (so that Ctrl-C reaches only the demo, which then stops
+/// everything in order), with `RUST_LOG` set to `log`.
+pub(crate) fn start(
+    exe: &PathBuf,
+    name: &str,
+    args: &[String],
+    shown: Output,
+    log: &str,
+) -> anyhow::Result<Proc> {
+    let spawn = Spawn::new(name, exe)
+        .args(args)
+        .log(log)
+        .own_process_group()
+        .keep(256);
+    match shown {
+        Output::Echo => spawn.echo().label(format!("{name:>10} |")),
+        Output::Quiet => spawn,
     }
-
-    /// Like [`Proc::spawn`], with its output `shown` or not and, when
-    /// given, `RUST_LOG` set to `log`.
-    pub(crate) fn start(
-        exe: &PathBuf,
-        name: &str,
-        args: &[String],
-        shown: Output,
-        log: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let mut command = Command::new(exe);
-        if let Some(log) = log {
-            command.env("RUST_LOG", log);
-        }
-        // Every setting comes as a flag: nothing from the demo's shell.
-        for setting in daemon::SETTINGS_FROM_ENV {
-            command.env_remove(setting);
-        }
-        let mut child = command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        let lines = Arc::new(Mutex::new(VecDeque::new()));
-        let printed = Arc::new(Notify::new());
-        let panics = Arc::new(AtomicUsize::new(0));
-        let outputs = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ];
-        for output in outputs.into_iter().flatten() {
-            let (lines, printed, panics, label) = (
-                lines.clone(),
-                printed.clone(),
-                panics.clone(),
-                format!("{name:>10} |"),
-            );
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(output).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if shown == Output::Echo {
-                        eprintln!("{label} {line}");
-                    }
-                    if line.contains("panicked at") {
-                        eprintln!("{label} {line}");
-                        panics.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let mut lines = lines.lock().unwrap_or_else(|p| p.into_inner());
-                    // Only the start-up lines are needed; keep memory bounded.
-                    if lines.len() == KEPT_LINES {
-                        lines.pop_front();
-                    }
-                    lines.push_back(line);
-                    printed.notify_waiters();
-                }
-            });
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            lines,
-            printed,
-            panics,
-        })
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or_default()
-    }
-
-    /// How many panics it has reported so far.
-    pub(crate) fn panics(&self) -> usize {
-        self.panics.load(Ordering::Relaxed)
-    }
-
-    /// Sends it `signal`; a process that is gone already is not an error.
-    pub(crate) fn signal(&self, signal: Signal) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
-        }
-    }
-
-    /// Waits until it has exited, at most `timeout`.
-    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .with_context(|| format!("{} did not exit within {timeout:?}", self.name))?
-            .with_context(|| format!("cannot wait for {}", self.name))?;
-        Ok(())
-    }
-
-    /// Waits for a line containing `needle` and returns it.
-    pub(crate) async fn ready(&mut self, needle: &str) -> anyhow::Result<String> {
-        let deadline = tokio::time::Instant::now() + READY;
-        loop {
-            let printed = self.printed.notified();
-            tokio::pin!(printed);
-            printed.as_mut().enable();
-            let found = self
-                .lines
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|line| line.contains(needle))
-                .cloned();
-            if let Some(line) = found {
-                return Ok(line);
-            }
-            tokio::select! {
-                () = &mut printed => {}
-                status = self.child.wait() => bail!("{} exited ({}) before it was ready", self.name, status?),
-                () = tokio::time::sleep_until(deadline) => bail!("{} was not ready within {READY:?}", self.name),
-            }
-        }
-    }
-
-    /// Asks it to stop (SIGTERM) and waits until it did.
-    pub(crate) async fn stop(&mut self) {
-        self.signal(Signal::SIGTERM);
-        // A paused instance cannot act on SIGTERM until it runs again.
-        self.signal(Signal::SIGCONT);
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("{} did not stop within 10 s; killing it", self.name);
-            let _ = self.child.kill().await;
-        }
-    }
+    .spawn()
 }
 
-/// The address in a `… listening on 127.0.0.1:7000 …` or `… http://127.0.0.1:5000` line.
-pub(crate) fn address_in(line: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .filter_map(|word| word.trim_start_matches("http://").parse().ok())
-        .next()
-}
-
-/// The port in a `listening on port 8001` line.
-pub(crate) fn port_in(line: &str) -> Option<u16> {
-    line.split("listening on port ")
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Asks `proc` to stop, and kills it when it has not within 10 s.
+pub(crate) async fn stop(proc: &mut Proc) {
+    if proc.stop(GRACE).await.is_none() {
+        eprintln!("{} did not stop within {GRACE:?}; killed it", proc.name());
+    }
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -225,7 +67,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // The registry's data dir lives as long as the demo.
     let data_dir = tempfile::Builder::new().prefix("market-demo-").tempdir()?;
     let mut procs: Vec<Proc> = Vec::new();
-    let result = start(
+    let result = start_all(
         &exe,
         &args,
         data_dir.path(),
@@ -235,8 +77,10 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await;
     match result {
-        Ok(banner) => {
+        Ok((banner, url)) => {
             println!("{banner}");
+            // For a supervisor of the demo itself (the browser test).
+            daemon::ready::announce(&daemon::ready::Event::listening("market", url));
             daemon::shutdown_signal().await;
             println!(
                 "\nStopping: ratings instances first (they deregister), then the shop and the registry."
@@ -246,20 +90,20 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     // Instances first, so that they deregister while the registry still runs.
     for proc in procs.iter_mut().rev() {
-        proc.stop().await;
+        stop(proc).await;
     }
     println!("Stopped.");
     Ok(())
 }
 
-async fn start(
+async fn start_all(
     exe: &PathBuf,
     args: &DemoArgs,
     data_dir: &std::path::Path,
     registry_listen: SocketAddr,
     listen: SocketAddr,
     procs: &mut Vec<Proc>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, String)> {
     let mut rows = Vec::new();
     let mut web_args = vec![
         "market-web".to_owned(),
@@ -272,7 +116,7 @@ async fn start(
         web_args.push("--monolith".to_owned());
     } else {
         let admin = registryd::auth::generate(registryd::auth::TokenKind::Admin);
-        let mut registry = Proc::spawn(
+        let registry = start(
             exe,
             "registryd",
             &[
@@ -284,10 +128,10 @@ async fn start(
                 "--admin-token".to_owned(),
                 admin.clone(),
             ],
+            Output::Echo,
+            "info",
         )?;
-        let line = registry.ready("registryd listening on").await?;
-        let addr = address_in(&line).context("registryd did not say where it listens")?;
-        let url = format!("http://{addr}");
+        let url = registry.listening("registryd", READY).await?;
         rows.push(format!(
             "  {:<12} pid {:<8} {url}",
             "registryd",
@@ -319,13 +163,10 @@ async fn start(
                 ratings_args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
             }
             let name = format!("ratings-{n}");
-            let mut instance = Proc::spawn(exe, &name, &ratings_args)?;
-            let port = port_in(&instance.ready("listening on port").await?).context("no port")?;
-            instance.ready(&format!("registered {name}")).await?;
-            rows.push(format!(
-                "  {name:<12} pid {:<8} http://127.0.0.1:{port}",
-                instance.pid()
-            ));
+            let instance = start(exe, &name, &ratings_args, Output::Echo, "info")?;
+            let address = instance.listening(&name, READY).await?;
+            instance.registered(&name, READY).await?;
+            rows.push(format!("  {name:<12} pid {:<8} {address}", instance.pid()));
             procs.push(instance);
         }
         web_args.extend([
@@ -339,11 +180,11 @@ async fn start(
         registry_url = Some(url);
     }
 
-    let mut web = Proc::spawn(exe, "market-web", &web_args)?;
-    let line = web.ready("market-web listening on").await?;
-    let addr = address_in(&line).context("market-web did not say where it listens")?;
+    let web = start(exe, "market-web", &web_args, Output::Echo, "info")?;
+    let shop = web.listening("market-web", READY).await?;
+    let addr = socket_addr(&shop)?;
     rows.push(format!(
-        "  {:<12} pid {:<8} http://{addr}",
+        "  {:<12} pid {:<8} {shop}",
         "market-web",
         web.pid()
     ));
@@ -354,12 +195,12 @@ async fn start(
         rows.join("\n")
     );
     if let (Some(token), Some(url)) = (token, registry_url) {
-        let first = procs.get(1).filter(|p| p.name.starts_with("ratings-"));
+        let first = procs.get(1).filter(|p| p.name().starts_with("ratings-"));
         if let Some(first) = first {
             let pid = first.pid();
             banner.push_str(&format!(
                 "\nThe walkthrough, with {name}:\n  pause it:   kill -STOP {pid}\n  resume it:  kill -CONT {pid}\n  stop it:    kill {pid}\n",
-                name = first.name
+                name = first.name()
             ));
         }
         banner.push_str(&format!(
@@ -369,28 +210,5 @@ async fn start(
         banner.push_str(&format!("  breakers and cache: http://{addr}/status\n"));
     }
     banner.push_str("\nCtrl-C stops everything.");
-    Ok(banner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_and_ports_are_read_from_log_lines() {
-        assert_eq!(
-            address_in("INFO registryd: registryd listening on 127.0.0.1:7000 addr=127.0.0.1:7000"),
-            Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
-        );
-        assert_eq!(
-            address_in(
-                "INFO market_web::cli: market-web listening on http://127.0.0.1:5000 addr=127.0.0.1:5000"
-            ),
-            Some(SocketAddr::from(([127, 0, 0, 1], 5000)))
-        );
-        assert_eq!(
-            port_in("INFO ratings_server::cli: listening on port 8001 instance=ratings-1"),
-            Some(8001)
-        );
-    }
+    Ok((banner, shop))
 }

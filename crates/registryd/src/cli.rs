@@ -131,6 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
             tracing::info!(%addr, store = "memory", data_dir = %data_dir.display(), "registryd listening on {addr}");
+            announce(addr, &config);
             crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
         }
         StoreKind::Etcd => serve_on_etcd(&cli, config, listener, addr).await?,
@@ -153,6 +154,7 @@ async fn serve_on_etcd(
     .await
     .with_context(|| format!("cannot reach etcd at {}", cli.etcd_endpoints.join(",")))?;
     tracing::info!(%addr, store = "etcd", endpoints = %cli.etcd_endpoints.join(","), prefix = %cli.etcd_prefix, "registryd listening on {addr}");
+    announce(addr, &config);
     crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
     Ok(())
 }
@@ -167,6 +169,19 @@ async fn serve_on_etcd(
     bail!(
         "this registryd was built without etcd support; build it with `--features registryd/etcd` (which needs protoc)"
     )
+}
+
+/// Tells a supervisor, on stdout, where the registry listens.
+fn announce(addr: SocketAddr, config: &ServeConfig) {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    daemon::ready::announce(&daemon::ready::Event::listening(
+        "registryd",
+        format!("{scheme}://{addr}"),
+    ));
 }
 
 /// SIGINT or SIGTERM, logged.

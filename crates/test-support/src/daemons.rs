@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use crate::{Proc, Signal, listening_addr};
+use crate::{Proc, Signal, socket_addr};
 
 /// A running `registryd` with its own data dir.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl Registry {
         ];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("registryd", &args);
-        let addr = listening_addr(&proc.wait_for_line("registryd listening on").await);
+        let addr = socket_addr(&proc.listening("registryd").await);
         let given = extra
             .iter()
             .position(|arg| *arg == "--admin-token")
@@ -134,20 +134,10 @@ impl Ratings {
         ];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("ratings-server", &args);
-        let line = proc.wait_for_line("listening on port").await;
-        let port: u16 = line
-            .split("listening on port ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
         let id = format!("ratings-{n}");
-        proc.wait_for_line(&format!("registered {id}")).await;
-        Self {
-            proc,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            id,
-        }
+        let addr = socket_addr(&proc.listening(&id).await);
+        proc.registered(&id).await;
+        Self { proc, addr, id }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -273,11 +263,7 @@ impl Web {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let proc = Proc::spawn("market-web", &all);
-        let line = proc.wait_for_line("market-web listening on").await;
-        let addr = line
-            .split_whitespace()
-            .find_map(|word| word.trim_start_matches("http://").parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let addr = socket_addr(&proc.listening("market-web").await);
         Self { proc, addr }
     }
 

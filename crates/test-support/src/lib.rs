@@ -1,5 +1,7 @@
 //! Helpers for whole-system tests: run the workspace's binaries as real
-//! processes, wait for what they print instead of sleeping, and signal them.
+//! processes through the one supervisor (`daemon::supervise`), wait for
+//! their readiness and for what they print instead of sleeping, and signal
+//! them.
 //!
 //! The binaries are taken from the target folder the test itself was built
 //! into; the README's test command builds them before the tests run.
@@ -7,18 +9,11 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::ExitStatus,
     time::Duration,
 };
 
-pub use nix::sys::signal::Signal;
-use nix::{sys::signal, unistd::Pid};
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-    sync::Notify,
-};
+pub use daemon::supervise::Signal;
 
 mod daemons;
 mod etcd;
@@ -57,24 +52,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// Everything a process printed, line by line, on stdout and stderr.
-#[derive(Debug, Default)]
-struct Output {
-    lines: Mutex<Vec<String>>,
-    /// Woken at each new line.
-    changed: Notify,
-}
-
-/// A running process of ours. It is killed when dropped.
+/// A running process of ours, started through the one supervisor
+/// (`daemon::supervise`) with its output echoed into the test's. It is
+/// killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
-    name: String,
-    child: Child,
-    output: Arc<Output>,
+    child: daemon::supervise::Child,
 }
 
 impl Proc {
-    /// Starts a workspace binary with arguments.
+    /// Starts a workspace binary (or a system tool, by absolute path) with
+    /// arguments, logging at `info`.
     ///
     /// # Panics
     ///
@@ -84,79 +72,89 @@ impl Proc {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut command = Command::new(bin(name));
-        // Settings come as flags only: nothing from the tests' environment.
-        for setting in daemon::SETTINGS_FROM_ENV {
-            command.env_remove(setting);
-        }
-        command
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let spawn = daemon::supervise::Spawn::new(name, bin(name))
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let output = Arc::new(Output::default());
-        let label = format!("{name}[{}]", child.id().unwrap_or_default());
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect(
-                BufReader::new(stdout),
-                output.clone(),
-                label.clone(),
-            ));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect(BufReader::new(stderr), output.clone(), label));
-        }
-        Self {
-            name: name.to_owned(),
-            child,
-            output,
-        }
+            .echo()
+            // A test may look at everything a process printed.
+            .keep(usize::MAX);
+        Self::from_spawn(spawn)
+    }
+
+    /// Starts what `spawn` describes, its lines echoed into the test's
+    /// output (shown when the test fails) behind its name and pid.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started.
+    pub fn from_spawn(spawn: daemon::supervise::Spawn) -> Self {
+        let child = spawn.spawn().unwrap_or_else(|e| panic!("{e:#}"));
+        Self { child }
+    }
+
+    /// The supervisor's handle, for what this wrapper does not offer.
+    pub fn child(&self) -> &daemon::supervise::Child {
+        &self.child
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("the process is still running")
+        self.child.pid()
     }
 
     /// Sends a signal.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be sent.
     pub fn signal(&self, sig: Signal) {
-        let pid = i32::try_from(self.pid()).expect("pid fits in i32");
-        signal::kill(Pid::from_raw(pid), sig)
-            .unwrap_or_else(|e| panic!("cannot send {sig} to {}: {e}", self.name));
+        self.child.signal(sig).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Freezes it with SIGSTOP, and returns once every one of its threads
-    /// has stopped. `kill` returns before the stop takes effect: on a busy
-    /// machine a thread already running can still answer a request
-    /// meanwhile, which a test that froze the process does not expect.
+    /// has stopped.
+    ///
+    /// # Panics
+    ///
+    /// When it did not stop within 5 s.
     pub fn freeze(&self) {
-        self.signal(Signal::SIGSTOP);
-        let threads = PathBuf::from(format!("/proc/{}/task", self.pid()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !all_stopped(&threads) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not stop within 5 s of SIGSTOP",
-                self.name
-            );
-            // The kernel tells no one when a thread stops; look again soon.
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.child.freeze().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// How many lines it printed so far: a mark for [`Proc::wait_for_line_after`].
     pub fn mark(&self) -> usize {
-        self.output.lines.lock().expect("output lock").len()
+        self.child.mark()
     }
 
     /// Everything it printed so far.
     pub fn output(&self) -> String {
-        self.output.lines.lock().expect("output lock").join("\n")
+        self.child.output()
+    }
+
+    /// Waits until `instance` (a daemon's own name, for one without
+    /// instances) announces that it listens, and returns its URL.
+    ///
+    /// # Panics
+    ///
+    /// After [`READY_TIMEOUT`], or when it exits first.
+    pub async fn listening(&self, instance: &str) -> String {
+        self.child
+            .listening(instance, READY_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until `instance` announces that it is registered.
+    ///
+    /// # Panics
+    ///
+    /// After [`READY_TIMEOUT`], or when it exits first.
+    pub async fn registered(&self, instance: &str) {
+        self.child
+            .registered(instance, READY_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Waits for a line containing `needle`, from the start, and returns it.
@@ -168,34 +166,17 @@ impl Proc {
     ///
     /// # Panics
     ///
-    /// After `timeout`, with everything the process printed.
+    /// After `timeout`, or when it exits first, with what it printed last.
     pub async fn wait_for_line_after(
         &self,
         mark: usize,
         needle: &str,
         timeout: Duration,
     ) -> String {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.output.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let found = (self.output.lines.lock().expect("output lock"))
-                .iter()
-                .skip(mark)
-                .find(|line| line.contains(needle))
-                .cloned();
-            if let Some(line) = found {
-                return line;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                panic!(
-                    "{} did not print {needle:?} within {timeout:?}; it printed:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-        }
+        self.child
+            .wait_for_line_after(mark, needle, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Waits for the process to exit.
@@ -204,42 +185,20 @@ impl Proc {
     ///
     /// When it is still running after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => status.expect("wait for the process"),
-            Err(_) => panic!(
-                "{} did not exit within {timeout:?}; it printed:\n{}",
-                self.name,
-                self.output()
-            ),
-        }
+        self.child
+            .wait_exit(timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
-async fn collect<R: tokio::io::AsyncRead + Unpin>(
-    reader: BufReader<R>,
-    output: Arc<Output>,
-    label: String,
-) {
-    let mut lines = reader.lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        // Shown with the test's output when it fails.
-        eprintln!("{label}: {line}");
-        output.lines.lock().expect("output lock").push(line);
-        output.changed.notify_waiters();
-    }
-}
-
-/// Parses the address out of a `... listening on 127.0.0.1:7000 ...` line.
+/// The socket address of a URL a daemon announced, `http://127.0.0.1:7000`.
 ///
 /// # Panics
 ///
-/// When the line has no such address.
-pub fn listening_addr(line: &str) -> SocketAddr {
-    line.split_whitespace()
-        .skip_while(|word| *word != "on")
-        .nth(1)
-        .and_then(|word| word.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
+/// When it is not one.
+pub fn socket_addr(url: &str) -> SocketAddr {
+    daemon::supervise::socket_addr(url).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A plain HTTP/1.1 `GET` over loopback: the status and the body.
@@ -270,20 +229,4 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
-}
-
-/// Whether every thread listed in `threads` (a `/proc/<pid>/task`) is
-/// stopped by a signal: state `T` in its `stat`, after the name in
-/// parentheses.
-fn all_stopped(threads: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(threads) else {
-        return false;
-    };
-    entries.flatten().all(|thread| {
-        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-            stat.rfind(')')
-                .and_then(|end| stat[end + 1..].split_whitespace().next())
-                == Some("T")
-        })
-    })
 }
