@@ -28,6 +28,19 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+impl Limits {
+    /// The limits of a service that answers small requests quickly: no call
+    /// takes longer than 30 s to answer, even with `--delay`; one connection
+    /// holds at most 1,024 calls at once; a request's headers are at most
+    /// 16 KiB; calls in flight at shutdown get 5 s.
+    pub const SERVICE: Self = Self {
+        call_timeout: Duration::from_secs(30),
+        calls_per_connection: 1024,
+        max_header_bytes: 16 * 1024,
+        drain: Duration::from_secs(5),
+    };
+}
+
 /// Why a daemon's gRPC server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

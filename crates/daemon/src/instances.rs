@@ -146,15 +146,6 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// Parses a fraction from 0 to 1, as a `--fail-rate`.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s.parse().map_err(|_| format!("{s} is not a number"))?;
-    if !(0.0..=1.0).contains(&rate) {
-        return Err(format!("{s} is not between 0 and 1"));
-    }
-    Ok(rate)
-}
-
 /// One instance to run.
 struct Plan {
     id: String,

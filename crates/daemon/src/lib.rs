@@ -7,6 +7,7 @@
 //! readiness for machines ([`ready`]). [`supervise`] is the other side: the
 //! one supervisor that starts them and waits for that readiness.
 
+mod faults;
 mod grpc;
 pub mod instances;
 pub mod ready;
@@ -14,6 +15,7 @@ mod reflection;
 pub mod supervise;
 pub mod tls;
 
+pub use faults::Faults;
 pub use grpc::{Limits, ServeError, Serving, serve_grpc};
 pub use instances::{InstanceArgs, Service, run_instances};
 pub use reflection::{ReflectionError, reflection_services};

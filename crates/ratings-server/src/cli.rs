@@ -1,12 +1,10 @@
 //! The `ratings-server` command line: runs one or more ratings instances and
 //! registers each with the registry.
 
-use std::time::Duration;
-
 use clap::Parser;
 use market_proto::ratings::v1::ratings_server::RatingsServer;
 
-use crate::{Faults, MAX_MESSAGE, RatingsService, SERVICE};
+use crate::{MAX_MESSAGE, RatingsService, SERVICE};
 
 /// The ratings microservice.
 ///
@@ -21,21 +19,14 @@ pub struct Cli {
     #[command(flatten)]
     pub instances: daemon::InstanceArgs,
 
-    /// Added latency for every call, e.g. `50ms` (fault injection).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub delay: Duration,
-
-    /// Fraction of calls, 0 to 1, answered UNAVAILABLE (fault injection).
-    #[arg(long, default_value_t = 0.0, value_parser = daemon::instances::parse_rate)]
-    pub fail_rate: f64,
+    /// Misbehaviour on purpose: `--delay`, `--fail-rate`.
+    #[command(flatten)]
+    pub faults: daemon::Faults,
 }
 
 /// Runs the instances as the command line says, until SIGINT or SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let faults = Faults {
-        delay: cli.delay,
-        fail_rate: cli.fail_rate,
-    };
+    let faults = cli.faults;
     daemon::run_instances(&SERVICE, cli.instances, |id| {
         RatingsServer::new(RatingsService::new(id, faults)).max_decoding_message_size(MAX_MESSAGE)
     })

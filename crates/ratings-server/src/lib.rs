@@ -9,7 +9,7 @@
 
 pub mod cli;
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use market_proto::ratings::v1::{self as pb, ratings_server::RatingsServer};
 use tokio::net::TcpListener;
@@ -23,14 +23,7 @@ pub const RATINGS: [(&str, i32); 4] = [
     ("football", 22),
 ];
 
-/// Misbehaviour on purpose, to watch the callers cope.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
-    /// Added to every answer.
-    pub delay: Duration,
-    /// The fraction of calls, 0 to 1, answered `UNAVAILABLE`.
-    pub fail_rate: f64,
-}
+pub use daemon::Faults;
 
 /// The ratings service of one instance.
 #[derive(Debug, Clone)]
@@ -66,8 +59,9 @@ impl pb::ratings_server::Ratings for RatingsService {
         request: Request<pb::GetRatingRequest>,
     ) -> Result<Response<pb::Rating>, Status> {
         let thing_id = request.into_inner().thing_id;
-        if !self.faults.delay.is_zero() {
-            tokio::time::sleep(self.faults.delay).await;
+        if let Err(status) = self.faults.inject().await {
+            tracing::info!(thing = %thing_id, "GET {thing_id} => failing on purpose (--fail-rate)");
+            return Err(status);
         }
         if thing_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -78,10 +72,6 @@ impl pb::ratings_server::Ratings for RatingsService {
             return Err(Status::invalid_argument(format!(
                 "thing_id {thing_id:?} is malformed; item ids are 1 to 63 lowercase letters, digits and '-'"
             )));
-        }
-        if self.faults.fail_rate > 0.0 && rand::random::<f64>() < self.faults.fail_rate {
-            tracing::info!(thing = %thing_id, "GET {thing_id} => failing on purpose (--fail-rate)");
-            return Err(Status::unavailable("failing on purpose (--fail-rate)"));
         }
         let Some(&(_, rating)) = RATINGS.iter().find(|(id, _)| *id == thing_id) else {
             tracing::info!(thing = %thing_id, "GET {thing_id} => not found");
@@ -104,18 +94,11 @@ impl pb::ratings_server::Ratings for RatingsService {
 pub const MAX_MESSAGE: usize = 4 * 1024;
 
 /// The ratings service as its instances run: registered as `ratings`,
-/// instance N on port 8000+N. No call takes longer than 30 s to answer, even
-/// with `--delay`; one connection holds at most 1,024 calls at once; a
-/// request's headers are at most 16 KiB; calls in flight at shutdown get 5 s.
+/// instance N on port 8000+N, with the toolkit's limits for a service.
 pub const SERVICE: daemon::Service = daemon::Service {
     name: "ratings",
     base_port: 8000,
-    limits: daemon::Limits {
-        call_timeout: Duration::from_secs(30),
-        calls_per_connection: 1024,
-        max_header_bytes: 16 * 1024,
-        drain: Duration::from_secs(5),
-    },
+    limits: daemon::Limits::SERVICE,
     descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
 };
 
@@ -175,31 +158,5 @@ mod tests {
         let err = get(&service, "piano").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(err.message().contains("camera"), "{}", err.message());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn faults_delay_and_fail() {
-        let slow = RatingsService::new(
-            "slow",
-            Faults {
-                delay: Duration::from_millis(50),
-                fail_rate: 0.0,
-            },
-        );
-        let start = tokio::time::Instant::now();
-        get(&slow, "camera").await.unwrap();
-        assert_eq!(start.elapsed(), Duration::from_millis(50));
-
-        let broken = RatingsService::new(
-            "broken",
-            Faults {
-                delay: Duration::ZERO,
-                fail_rate: 1.0,
-            },
-        );
-        assert_eq!(
-            get(&broken, "camera").await.unwrap_err().code(),
-            tonic::Code::Unavailable
-        );
     }
 }
