@@ -12,10 +12,11 @@ use serde::Serialize;
 
 /// Manage the registry's services and look at their instances.
 ///
-/// Admin commands (create-service, delete-service, services, deregister by
-/// id) use the admin token: --admin-token, REGISTRY_ADMIN_TOKEN, or the
-/// `admin-token` file in the registry's data dir. Reading a service
-/// (instances, watch) also works with that service's token (--token).
+/// Admin commands (create-service, delete-service, create-consumer,
+/// delete-consumer, services, deregister by id) use the admin token:
+/// --admin-token, REGISTRY_ADMIN_TOKEN, or the `admin-token` file in the
+/// registry's data dir. Reading a service (instances, watch) also works with
+/// that service's token, or a consumer token that may read it (--token).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -38,7 +39,7 @@ struct Cli {
     )]
     admin_token: Option<String>,
 
-    /// A service or consumer token, for reading one service.
+    /// A service or consumer token, for reading a service it may read.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
@@ -80,6 +81,30 @@ enum Command {
     /// Remove a service, its tokens and its instances.
     DeleteService {
         /// The service's name.
+        name: String,
+    },
+    /// Add a named consumer; prints its token alone on stdout (shown only once).
+    ///
+    /// The token may read (instances, watch) exactly the services given and
+    /// nothing else: it never registers, renews or removes instances, and is
+    /// never the admin's. One token for a caller of several services, e.g.
+    /// `create-consumer market-web --services ratings,recommendations`.
+    CreateConsumer {
+        /// Who reads, for the operator (e.g. market-web): 1 to 63 of a-z,
+        /// 0-9 and '-'.
+        name: String,
+        /// The services it may read, comma-separated: 1 to 64 services that
+        /// exist (e.g. ratings,recommendations).
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',', required = true)]
+        services: Vec<String>,
+        /// Use this token instead of a new one (for deployments that
+        /// provision their secrets), read from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
+    /// Remove a named consumer; its token stops working at once.
+    DeleteConsumer {
+        /// The consumer's name.
         name: String,
     },
     /// List the services.
@@ -148,6 +173,14 @@ impl Cli {
             Some(token) => Ok(token.clone()),
             None => self.admin_token(),
         }
+    }
+}
+
+/// The value of the environment variable `var` names, or empty without one.
+fn from_env(var: Option<&str>) -> anyhow::Result<String> {
+    match var {
+        Some(var) => std::env::var(var).with_context(|| format!("{var} is not set")),
+        None => Ok(String::new()),
     }
 }
 
@@ -223,16 +256,10 @@ async fn main() -> anyhow::Result<()> {
             if_missing,
         } => {
             let registries = cli.registries(&cli.admin_token()?)?;
-            let from_env = |var: &Option<String>| -> anyhow::Result<String> {
-                match var {
-                    Some(var) => std::env::var(var).with_context(|| format!("{var} is not set")),
-                    None => Ok(String::new()),
-                }
-            };
             let request = pb::CreateServiceRequest {
                 name: name.clone(),
-                token: from_env(token_env)?,
-                consumer_token: from_env(consumer_token_env)?,
+                token: from_env(token_env.as_deref())?,
+                consumer_token: from_env(consumer_token_env.as_deref())?,
             };
             let created = call(&registries, |mut c| {
                 let request = request.clone();
@@ -278,6 +305,51 @@ async fn main() -> anyhow::Result<()> {
                     "deleted service {name} and {} live instance(s)",
                     deleted.removed_instances
                 );
+            }
+        }
+        Command::CreateConsumer {
+            name,
+            services,
+            token_env,
+        } => {
+            let registries = cli.registries(&cli.admin_token()?)?;
+            let request = pb::CreateConsumerRequest {
+                name: name.clone(),
+                services: services.clone(),
+                token: from_env(token_env.as_deref())?,
+            };
+            let created = call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.create_consumer(request).await }
+            })
+            .await?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "consumer": created.name,
+                    "services": created.services,
+                    "token": created.token,
+                }))?;
+            } else {
+                println!("{}", created.token);
+                eprintln!(
+                    "created consumer {}; the token above may only read {}. It is shown only now.",
+                    created.name,
+                    created.services.join(", ")
+                );
+            }
+        }
+        Command::DeleteConsumer { name } => {
+            let registries = cli.registries(&cli.admin_token()?)?;
+            let request = pb::DeleteConsumerRequest { name: name.clone() };
+            call(&registries, |mut c| {
+                let request = request.clone();
+                async move { c.delete_consumer(request).await }
+            })
+            .await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "consumer": name, "deleted": true }))?;
+            } else {
+                println!("deleted consumer {name}; its token no longer works");
             }
         }
         Command::Services => {

@@ -6,6 +6,10 @@
 //! anything else is looked at; then malformed fields are `INVALID_ARGUMENT`;
 //! then a token that may not do this is `PERMISSION_DENIED`. Nothing reaches the
 //! store until all three passed.
+//!
+//! A token is the admin's, a service's or a service consumer's (a
+//! [`Grant`], from `CreateService`), or a named consumer's (a [`Consumer`],
+//! from `CreateConsumer`: read only, the services it names only).
 
 use std::{
     net::IpAddr,
@@ -23,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{self, Grant, Principal, TokenHash, TokenKind},
+    auth::{self, Consumer, Grant, Principal, TokenHash, TokenKind},
     model::{
-        Change, Instance, InstanceId, InvalidArgument, LeaseId, Metadata, Registration,
-        RemovalReason, ServiceInfo, ServiceName, Ttl,
+        Change, ConsumerName, Instance, InstanceId, InvalidArgument, LeaseId, Metadata,
+        Registration, RemovalReason, ServiceInfo, ServiceName, Ttl, consumer_services,
     },
-    store::{NewService, Scope, Store, StoreError, WatchEvent},
+    store::{NewConsumer, NewService, Scope, Store, StoreError, WatchEvent},
 };
 
 /// The registry's gRPC service over a store.
@@ -99,13 +103,25 @@ impl<S: Store> RegistryApi<S> {
         if hash == self.admin {
             return Ok(Principal::Admin);
         }
-        match self.store.lookup_token(&hash).await? {
-            Some(grant) => Ok(Principal::Granted(grant)),
+        match principal_of(&*self.store, &hash).await? {
+            Some(principal) => Ok(principal),
             None => Err(Status::unauthenticated(
-                "unknown token: use the admin token, or a service or consumer token from CreateService",
+                "unknown token: use the admin token, a service or consumer token from CreateService, or a consumer token from CreateConsumer",
             )),
         }
     }
+}
+
+/// Whom a token other than the admin's is of: a service's or a service
+/// consumer's grant, else a named consumer, else no one.
+async fn principal_of<S: Store>(
+    store: &S,
+    token: &TokenHash,
+) -> Result<Option<Principal>, StoreError> {
+    if let Some(grant) = store.lookup_token(token).await? {
+        return Ok(Some(Principal::Granted(grant)));
+    }
+    Ok(store.lookup_consumer(token).await?.map(Principal::Consumer))
 }
 
 /// The hash of the `authorization: Bearer <token>` metadata's token.
@@ -125,14 +141,17 @@ fn bearer_hash<T>(request: &Request<T>) -> Result<TokenHash, Status> {
     Ok(TokenHash::of(token))
 }
 
-/// A `KeepAlive` stream's token, checked again at most every
-/// [`KEEP_ALIVE_RECHECK`] while renewals come: a service's token deleted
+/// A stream's token, checked again at most every [`KEEP_ALIVE_RECHECK`]
+/// while messages flow: on a `KeepAlive` stream, a service's token deleted
 /// (and its name perhaps given to a new service) stops renewing soon, not
-/// when the stream ends.
+/// when the stream ends; on a named consumer's `Watch` stream (which an idle
+/// watch's progress messages keep flowing), a deleted consumer stops reading.
 struct Recheck<S> {
     store: Arc<S>,
     token: TokenHash,
-    grant: Grant,
+    /// Whom the token was of when the stream opened; anything else later
+    /// ends the stream.
+    principal: Principal,
     checked: std::sync::Mutex<tokio::time::Instant>,
 }
 
@@ -146,19 +165,27 @@ impl<S: Store> Recheck<S> {
             }
             *checked = now;
         }
-        let found = tokio::time::timeout(
-            KEEP_ALIVE_STORE_LIMIT,
-            self.store.lookup_token(&self.token),
-        )
-        .await
-        .map_err(|_| {
-            Status::unavailable(format!(
-                "the store did not re-check this stream's token within {} s: open a new stream",
-                KEEP_ALIVE_STORE_LIMIT.as_secs()
-            ))
-        })??;
+        // Only the kind of token it was is looked up: one read per re-check.
+        let lookup = async {
+            Ok::<_, StoreError>(match &self.principal {
+                Principal::Consumer(_) => {
+                    (self.store.lookup_consumer(&self.token).await?).map(Principal::Consumer)
+                }
+                Principal::Admin | Principal::Granted(_) => {
+                    (self.store.lookup_token(&self.token).await?).map(Principal::Granted)
+                }
+            })
+        };
+        let found = tokio::time::timeout(KEEP_ALIVE_STORE_LIMIT, lookup)
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "the store did not re-check this stream's token within {} s: open a new stream",
+                    KEEP_ALIVE_STORE_LIMIT.as_secs()
+                ))
+            })??;
         match found {
-            Some(grant) if grant == self.grant => Ok(()),
+            Some(principal) if principal == self.principal => Ok(()),
             _ => Err(Status::unauthenticated(
                 "this stream's token was deleted: open a new stream with a valid token",
             )),
@@ -209,6 +236,11 @@ fn require_admin(principal: &Principal, call: &str) -> Result<(), Status> {
             kind_name(grant.kind),
             grant.service
         ))),
+        Principal::Consumer(consumer) => Err(Status::permission_denied(format!(
+            "{call} needs the admin token; this is the token of consumer '{}', which may only read {}",
+            consumer.name,
+            consumer.services_list()
+        ))),
     }
 }
 
@@ -225,6 +257,7 @@ fn require_writer(principal: &Principal, service: &ServiceName) -> Result<(), St
             service,
             "register, renew or remove instances of",
         )),
+        Principal::Consumer(consumer) => Err(read_only(consumer)),
     }
 }
 
@@ -234,6 +267,12 @@ fn require_reader(principal: &Principal, service: &ServiceName) -> Result<(), St
         Principal::Admin => Ok(()),
         Principal::Granted(grant) if grant.service == *service => Ok(()),
         Principal::Granted(grant) => Err(denied(grant, service, "read")),
+        Principal::Consumer(consumer) if consumer.services.contains(service) => Ok(()),
+        Principal::Consumer(consumer) => Err(Status::permission_denied(format!(
+            "consumer '{}' may not read service '{service}'; it may read only {}",
+            consumer.name,
+            consumer.services_list()
+        ))),
     }
 }
 
@@ -249,7 +288,17 @@ fn lease_scope(principal: &Principal) -> Result<Scope, Status> {
             "a consumer token of service '{}' may only read (Resolve, Watch)",
             grant.service
         ))),
+        Principal::Consumer(consumer) => Err(read_only(consumer)),
     }
+}
+
+/// Why a named consumer may not register, renew or remove instances.
+fn read_only(consumer: &Consumer) -> Status {
+    Status::permission_denied(format!(
+        "consumer '{}' may only read (Resolve, Watch) {}; registering, renewing and removing instances need the service's token",
+        consumer.name,
+        consumer.services_list()
+    ))
 }
 
 fn denied(grant: &Grant, service: &ServiceName, what: &str) -> Status {
@@ -273,14 +322,14 @@ fn kind_name(kind: TokenKind) -> &'static str {
     }
 }
 
-/// Whether answers to this caller may carry lease ids.
+/// Whether answers to this caller may carry lease ids: not to a reader.
 fn shows_leases(principal: &Principal) -> bool {
     !matches!(
         principal,
         Principal::Granted(Grant {
             kind: TokenKind::Consumer,
             ..
-        })
+        }) | Principal::Consumer(_)
     )
 }
 
@@ -297,11 +346,12 @@ impl From<StoreError> for Status {
         let message = e.to_string();
         match e {
             StoreError::NoSuchService(_)
+            | StoreError::NoSuchConsumer(_)
             | StoreError::NoSuchLease(_)
             | StoreError::NoSuchInstance { .. } => Status::not_found(message),
-            StoreError::ServiceExists(_) | StoreError::InstanceIdTaken { .. } => {
-                Status::already_exists(message)
-            }
+            StoreError::ServiceExists(_)
+            | StoreError::ConsumerExists(_)
+            | StoreError::InstanceIdTaken { .. } => Status::already_exists(message),
             StoreError::WrongService { .. } => Status::permission_denied(message),
             // Not `ALREADY_EXISTS`: that says the service exists, and
             // `registryctl create-service --if-missing` takes it as success.
@@ -462,6 +512,54 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         }))
     }
 
+    async fn create_consumer(
+        &self,
+        request: Request<pb::CreateConsumerRequest>,
+    ) -> Result<Response<pb::CreateConsumerResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let req = request.into_inner();
+        let name: ConsumerName = req.name.parse()?;
+        let services = consumer_services(&req.services)?;
+        let token = provided_or_new(req.token, "token", TokenKind::Consumer)?;
+        require_admin(&principal, "CreateConsumer")?;
+        let token_hash = TokenHash::of(&token);
+        // Only now, for the admin alone: the admin token is never a consumer's.
+        if token_hash == self.admin {
+            return Err(StoreError::TokenInUse.into());
+        }
+        let consumer = self
+            .store
+            .create_consumer(NewConsumer {
+                name,
+                token: token_hash,
+                services,
+            })
+            .await?;
+        let services: Vec<String> = consumer.services.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            consumer = %consumer.name,
+            services = %services.join(","),
+            "created consumer {} for services {}", consumer.name, services.join(",")
+        );
+        Ok(Response::new(pb::CreateConsumerResponse {
+            name: consumer.name.to_string(),
+            services,
+            token,
+        }))
+    }
+
+    async fn delete_consumer(
+        &self,
+        request: Request<pb::DeleteConsumerRequest>,
+    ) -> Result<Response<pb::DeleteConsumerResponse>, Status> {
+        let principal = self.authenticate(&request).await?;
+        let name: ConsumerName = request.get_ref().name.parse()?;
+        require_admin(&principal, "DeleteConsumer")?;
+        self.store.delete_consumer(&name).await?;
+        tracing::info!(consumer = %name, "deleted consumer {name}");
+        Ok(Response::new(pb::DeleteConsumerResponse {}))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -520,10 +618,12 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         let recheck = match &principal {
             // The admin token cannot be deleted.
             Principal::Admin => None,
-            Principal::Granted(grant) => Some(Arc::new(Recheck {
+            // Refused by `lease_scope` above; a reader renews nothing.
+            Principal::Consumer(consumer) => return Err(read_only(consumer)),
+            Principal::Granted(_) => Some(Arc::new(Recheck {
                 store: self.store.clone(),
                 token: bearer_hash(&request)?,
-                grant: grant.clone(),
+                principal: principal.clone(),
                 checked: std::sync::Mutex::new(tokio::time::Instant::now()),
             })),
         };
@@ -636,6 +736,18 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let principal = self.authenticate(&request).await?;
+        // A named consumer can be deleted while its services live on: its
+        // watches end then too (a service's tokens go only with the service,
+        // whose deletion ends its watches anyway).
+        let recheck = match &principal {
+            Principal::Consumer(_) => Some(Arc::new(Recheck {
+                store: self.store.clone(),
+                token: bearer_hash(&request)?,
+                principal: principal.clone(),
+                checked: std::sync::Mutex::new(tokio::time::Instant::now()),
+            })),
+            Principal::Admin | Principal::Granted(_) => None,
+        };
         let req = request.into_inner();
         let service: ServiceName = req.service.parse()?;
         require_reader(&principal, &service)?;
@@ -645,9 +757,17 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
             .watch(&service, req.since_revision, self.progress_every)
             .await?;
         let stream = events
-            .map(move |event| match event {
-                Ok(event) => Ok(watch_event_to_pb(event, with_lease)),
-                Err(e) => Err(Status::from(e)),
+            .then(move |event| {
+                let recheck = recheck.clone();
+                async move {
+                    if let Some(recheck) = recheck {
+                        recheck.still_valid().await?;
+                    }
+                    match event {
+                        Ok(event) => Ok(watch_event_to_pb(event, with_lease)),
+                        Err(e) => Err(Status::from(e)),
+                    }
+                }
             })
             .take_until(self.closing.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))

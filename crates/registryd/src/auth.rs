@@ -2,17 +2,18 @@
 //!
 //! A token is 32 bytes from the operating system's CSPRNG, written as hex behind
 //! a prefix that tells a person which kind they hold (`adm_`, `svc_`, `con_`).
-//! The registry keeps only the SHA-256 of service and consumer tokens: a stolen
-//! catalog file does not let anyone register. Tokens carry 256 bits of entropy,
+//! A named consumer's token (from `CreateConsumer`) has the consumer prefix too:
+//! it also only reads. The registry keeps only the SHA-256 of service and
+//! consumer tokens: a stolen catalog file does not let anyone register. Tokens carry 256 bits of entropy,
 //! so a fast hash is enough; no password hashing is needed.
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeSet, fmt, str::FromStr};
 
 use rand::{TryRngCore as _, rngs::OsRng};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::model::ServiceName;
+use crate::model::{ConsumerName, ServiceName};
 
 /// The SHA-256 of a token. Comparisons run in constant time.
 #[derive(Clone, Copy, Eq)]
@@ -67,7 +68,8 @@ pub enum TokenKind {
     Admin,
     /// May register, renew and remove instances of one service, and read it.
     Service,
-    /// May only read one service.
+    /// May only read: one service (a service's consumer token), or the
+    /// services a named consumer names.
     Consumer,
 }
 
@@ -105,6 +107,28 @@ pub struct Grant {
     pub kind: TokenKind,
 }
 
+/// A named consumer, as stored in the catalog: one read-only token for
+/// several services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Who reads, for the operator (and for the messages it gets).
+    pub name: ConsumerName,
+    /// The services its token may read. A name stays here when its service
+    /// is deleted, so that a service created again under it is readable.
+    pub services: BTreeSet<ServiceName>,
+}
+
+impl Consumer {
+    /// The services it reads, as `a, b, c`, for messages.
+    pub fn services_list(&self) -> String {
+        self.services
+            .iter()
+            .map(ServiceName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Who is calling, once the token was checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -112,6 +136,8 @@ pub enum Principal {
     Admin,
     /// The holder of a service's or consumer's token.
     Granted(Grant),
+    /// The holder of a named consumer's token.
+    Consumer(Consumer),
 }
 
 #[cfg(test)]

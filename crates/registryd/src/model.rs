@@ -1,7 +1,13 @@
 //! The registry's domain types, each validated when it is built from untrusted
 //! input, so the store only ever sees well-formed values.
 
-use std::{collections::BTreeMap, fmt, net::Ipv6Addr, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv6Addr,
+    str::FromStr,
+    time::Duration,
+};
 
 /// Why a request field was refused. Each message names the field, what was wrong
 /// and what is accepted.
@@ -12,6 +18,23 @@ pub enum InvalidArgument {
         "invalid service name {0:?}: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'"
     )]
     ServiceName(String),
+    /// The consumer name is not a DNS label.
+    #[error(
+        "invalid consumer name {0:?}: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-' (for example market-web)"
+    )]
+    ConsumerName(String),
+    /// A consumer was asked for without any service to read.
+    #[error(
+        "no services given: a consumer reads 1 to {max} services of the catalog, name them in `services`",
+        max = ConsumerName::MAX_SERVICES
+    )]
+    NoServices,
+    /// A consumer was asked for with more services than one may read.
+    #[error(
+        "{0} services given: a consumer reads at most {max}; name fewer, or split them over several consumers",
+        max = ConsumerName::MAX_SERVICES
+    )]
+    TooManyServices(usize),
     /// The instance id has characters or a length that are not accepted.
     #[error("invalid instance id {0:?}: use 1 to 128 letters, digits, '.', '_' or '-'")]
     InstanceId(String),
@@ -77,6 +100,60 @@ impl FromStr for ServiceName {
 impl fmt::Display for ServiceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A named consumer's name, a DNS label as a service's name is (for example
+/// `market-web`). It names the caller for the operator; the consumer's token
+/// is what grants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConsumerName(String);
+
+impl ConsumerName {
+    /// The most services one consumer may read.
+    pub const MAX_SERVICES: usize = 64;
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ConsumerName {
+    type Err = InvalidArgument;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The same rule as a service's name, so that a consumer may be named
+        // after the service that reads.
+        match s.parse::<ServiceName>() {
+            Ok(_) => Ok(Self(s.to_owned())),
+            Err(_) => Err(InvalidArgument::ConsumerName(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ConsumerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The services a named consumer asks to read: 1 to
+/// [`ConsumerName::MAX_SERVICES`] valid service names, a name given twice
+/// counted once.
+pub fn consumer_services<I>(names: I) -> Result<BTreeSet<ServiceName>, InvalidArgument>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let services = names
+        .into_iter()
+        .map(|name| name.as_ref().parse::<ServiceName>())
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    match services.len() {
+        0 => Err(InvalidArgument::NoServices),
+        n if n > ConsumerName::MAX_SERVICES => Err(InvalidArgument::TooManyServices(n)),
+        _ => Ok(services),
     }
 }
 
@@ -397,6 +474,56 @@ mod tests {
                 Err(InvalidArgument::ServiceName(bad.to_owned()))
             );
         }
+    }
+
+    #[test]
+    fn consumer_names_are_dns_labels() {
+        for good in ["market-web", "a", &"x".repeat(63)] {
+            assert_eq!(
+                good.parse::<ConsumerName>().map(|n| n.0),
+                Ok(good.to_owned())
+            );
+        }
+        for bad in ["", "Market", "-web", "web-", "market_web", &"x".repeat(64)] {
+            let refused = bad.parse::<ConsumerName>();
+            assert_eq!(refused, Err(InvalidArgument::ConsumerName(bad.to_owned())));
+            let message = refused.unwrap_err().to_string();
+            assert!(message.starts_with("invalid consumer name"), "{message}");
+        }
+    }
+
+    #[test]
+    fn consumer_services_are_one_to_sixty_four_distinct_names() {
+        let services = consumer_services(["reviews", "ratings", "reviews"]).unwrap();
+        let names: Vec<&str> = services.iter().map(ServiceName::as_str).collect();
+        assert_eq!(names, ["ratings", "reviews"], "sorted, each once");
+
+        assert_eq!(
+            consumer_services(Vec::<String>::new()),
+            Err(InvalidArgument::NoServices)
+        );
+        assert!(
+            InvalidArgument::NoServices
+                .to_string()
+                .contains("1 to 64 services")
+        );
+        let max: Vec<String> = (0..64).map(|i| format!("s{i}")).collect();
+        assert_eq!(consumer_services(&max).map(|s| s.len()), Ok(64));
+        let too_many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        let refused = consumer_services(&too_many);
+        assert_eq!(refused, Err(InvalidArgument::TooManyServices(65)));
+        assert!(
+            refused.unwrap_err().to_string().contains("at most 64"),
+            "says what is accepted"
+        );
+        // 65 names, 64 of them distinct: duplicates count once.
+        let mut repeated = max;
+        repeated.push("s0".to_owned());
+        assert_eq!(consumer_services(&repeated).map(|s| s.len()), Ok(64));
+        assert_eq!(
+            consumer_services(["ratings", "Bad"]),
+            Err(InvalidArgument::ServiceName("Bad".to_owned()))
+        );
     }
 
     #[test]

@@ -89,6 +89,16 @@ impl Registry {
         self.ctl(&["create-service", name]).await.trim().to_owned()
     }
 
+    /// `registryctl create-consumer NAME --services A,B`: returns the
+    /// consumer's token.
+    pub async fn create_consumer(&self, name: &str, services: &[&str]) -> String {
+        let services = services.join(",");
+        self.ctl(&["create-consumer", name, "--services", &services])
+            .await
+            .trim()
+            .to_owned()
+    }
+
     /// A gRPC client with a token.
     pub fn client(&self, token: &str) -> registry_client::RegistryClient {
         registry_client::connect(&self.url(), token).expect("a valid address and token")
@@ -103,6 +113,49 @@ impl Registry {
         self.proc.signal(Signal::SIGTERM);
         let status = self.proc.wait_exit(Duration::from_secs(10)).await;
         assert!(status.success(), "registryd exited with {status}");
+    }
+}
+
+/// A running instance of one of the workspace's services.
+#[derive(Debug)]
+pub struct Instance {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its instance id, `SERVICE-N`.
+    pub id: String,
+}
+
+impl Instance {
+    /// Starts `binary --instance n` (an instance of `service`) on a free
+    /// loopback port, registered with `registry` using `token`, plus `extra`
+    /// arguments; waits until it is registered.
+    pub async fn start(
+        binary: &str,
+        service: &str,
+        registry: &str,
+        token: &str,
+        n: u16,
+        extra: &[&str],
+    ) -> Self {
+        let instance = n.to_string();
+        let mut args = vec![
+            "--instance",
+            &instance,
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            registry,
+            "--token",
+            token,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(binary, &args);
+        let id = format!("{service}-{n}");
+        let addr = socket_addr(&proc.listening(&id).await);
+        proc.registered(&id).await;
+        Self { proc, addr, id }
     }
 }
 
@@ -121,22 +174,8 @@ impl Ratings {
     /// Starts instance `n` on a free loopback port, registered with `registry`
     /// using `token`, plus `extra` arguments; waits until it is registered.
     pub async fn start(registry: &str, token: &str, n: u16, extra: &[&str]) -> Self {
-        let instance = n.to_string();
-        let mut args = vec![
-            "--instance",
-            &instance,
-            "--listen",
-            "127.0.0.1:0",
-            "--registry",
-            registry,
-            "--token",
-            token,
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn("ratings-server", &args);
-        let id = format!("ratings-{n}");
-        let addr = socket_addr(&proc.listening(&id).await);
-        proc.registered(&id).await;
+        let Instance { proc, addr, id } =
+            Instance::start("ratings-server", "ratings", registry, token, n, extra).await;
         Self { proc, addr, id }
     }
 

@@ -19,7 +19,7 @@ mod daemons;
 mod etcd;
 mod pki;
 
-pub use daemons::{Cluster, Ratings, Registry, StoreKind, Web};
+pub use daemons::{Cluster, Instance, Ratings, Registry, StoreKind, Web};
 pub use etcd::Etcd;
 pub use pki::Pki;
 

@@ -24,6 +24,10 @@ pub(crate) struct CatalogFile {
     format: u32,
     /// The services, sorted by name.
     pub(crate) services: Vec<StoredService>,
+    /// The named consumers, sorted by name. A file written before there
+    /// were any has none: the format stays 1.
+    #[serde(default)]
+    pub(crate) consumers: Vec<StoredConsumer>,
 }
 
 /// One service as stored: its name and the hashes of its tokens.
@@ -35,6 +39,17 @@ pub(crate) struct StoredService {
     pub(crate) token_sha256: String,
     /// Hex SHA-256 of the consumer token.
     pub(crate) consumer_token_sha256: String,
+}
+
+/// One named consumer as stored: its name, the hash of its token and the
+/// services it may read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredConsumer {
+    pub(crate) name: String,
+    /// Hex SHA-256 of its token.
+    pub(crate) token_sha256: String,
+    /// The services it may read, sorted.
+    pub(crate) services: Vec<String>,
 }
 
 /// Where the catalog lives.
@@ -73,11 +88,16 @@ impl CatalogPath {
     }
 
     /// Replaces the catalog atomically.
-    pub(crate) fn save(&self, services: Vec<StoredService>) -> io::Result<()> {
+    pub(crate) fn save(
+        &self,
+        services: Vec<StoredService>,
+        consumers: Vec<StoredConsumer>,
+    ) -> io::Result<()> {
         let dir = self.0.parent().unwrap_or(Path::new("."));
         let file = CatalogFile {
             format: FORMAT,
             services,
+            consumers,
         };
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         serde_json::to_writer_pretty(&mut tmp, &file)?;
@@ -103,12 +123,34 @@ mod tests {
             token_sha256: "00".repeat(32),
             consumer_token_sha256: "11".repeat(32),
         };
-        path.save(vec![service]).unwrap();
+        let consumer = StoredConsumer {
+            name: "market-web".into(),
+            token_sha256: "22".repeat(32),
+            services: vec!["ratings".into()],
+        };
+        path.save(vec![service], vec![consumer]).unwrap();
         let loaded = path.load().unwrap();
         assert_eq!(loaded.services.len(), 1);
         assert_eq!(loaded.services[0].name, "ratings");
+        assert_eq!(loaded.consumers.len(), 1);
+        assert_eq!(loaded.consumers[0].services, ["ratings"]);
         // Only the catalog is left in the folder: no temporary file lingers.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A catalog written before named consumers existed still loads, with none.
+    #[test]
+    fn a_file_without_consumers_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = format!(
+            r#"{{"format":1,"services":[{{"name":"ratings","created_at_unix":1,"token_sha256":"{}","consumer_token_sha256":"{}"}}]}}"#,
+            "00".repeat(32),
+            "11".repeat(32)
+        );
+        fs::write(dir.path().join(FILE_NAME), old).unwrap();
+        let loaded = CatalogPath::in_dir(dir.path()).load().unwrap();
+        assert_eq!(loaded.services.len(), 1);
+        assert!(loaded.consumers.is_empty());
     }
 
     #[test]

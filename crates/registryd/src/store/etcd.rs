@@ -16,7 +16,9 @@
 //!
 //! ```text
 //! P/services/{service}        the catalog entry (JSON), for ListServices
-//! P/tokens/{sha256}           what a token grants (JSON)
+//! P/tokens/{sha256}           what a token grants (JSON): a service's or its consumer's
+//!                             grant, or a named consumer's name and services
+//! P/consumers/{name}          a named consumer (JSON): its token's hash
 //! P/svc/{service}/alive       present while the service exists; its deletion ends watches
 //! P/svc/{service}/i/{id}      a live instance (JSON), attached to its lease
 //! P/svc/{service}/r/{id}      why an instance is being removed, attached to the same lease
@@ -27,8 +29,16 @@
 //! A removal marker is written in the same transaction that deletes an
 //! instance on `Deregister` (or just before, on `DeleteService`), so a watcher
 //! can tell a deregistration from an expiry, which leaves no marker.
+//!
+//! Every token, a named consumer's included, is one key under `P/tokens/`, so
+//! that "a token grants one thing" is one `version == 0` comparison in the
+//! transaction that creates it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
@@ -39,12 +49,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{NewService, Scope, Store, StoreError, WatchEvent, WatchStream};
+use super::{NewConsumer, NewService, Scope, Store, StoreError, WatchEvent, WatchStream};
 use crate::{
-    auth::{Grant, TokenHash, TokenKind},
+    auth::{Consumer, Grant, TokenHash, TokenKind},
     model::{
-        Address, Change, Event, Instance, InstanceId, LeaseId, Metadata, Registration,
-        RemovalReason, Revision, ServiceInfo, ServiceName, Ttl,
+        Address, Change, ConsumerName, Event, Instance, InstanceId, LeaseId, Metadata,
+        Registration, RemovalReason, Revision, ServiceInfo, ServiceName, Ttl,
     },
 };
 
@@ -96,6 +106,30 @@ struct StoredGrant {
     consumer: bool,
 }
 
+/// A named consumer's token: whose it is and what it reads. The services
+/// are kept here, beside the token, so that a call is authenticated with one
+/// read.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredConsumerToken {
+    named_consumer: String,
+    services: Vec<String>,
+}
+
+/// What a key under `P/tokens/` holds. The two shapes have no field in
+/// common, so each record reads as exactly one of them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredToken {
+    Grant(StoredGrant),
+    Consumer(StoredConsumerToken),
+}
+
+/// A named consumer's catalog entry, by name: which token is its own.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredConsumer {
+    token_sha256: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredInstance {
     address: String,
@@ -141,6 +175,26 @@ impl EtcdStore {
 
     fn token_key(&self, token: &TokenHash) -> String {
         format!("{}/tokens/{token}", self.prefix)
+    }
+
+    fn consumer_key(&self, name: &ConsumerName) -> String {
+        format!("{}/consumers/{name}", self.prefix)
+    }
+
+    /// What a token's key holds, if it exists.
+    async fn stored_token(&self, token: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        let found = self
+            .client
+            .kv_client()
+            .get(self.token_key(token), None)
+            .await
+            .map_err(unavailable)?;
+        let Some(record) = found.kvs().first() else {
+            return Ok(None);
+        };
+        serde_json::from_slice(record.value())
+            .map(Some)
+            .map_err(|_| corrupt("token", record.key()))
     }
 
     fn svc_prefix(&self, service: &ServiceName) -> String {
@@ -490,28 +544,153 @@ impl EtcdStore {
     }
 
     async fn lookup_token_once(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
-        let found = self
-            .client
-            .kv_client()
-            .get(self.token_key(token), None)
-            .await
-            .map_err(unavailable)?;
-        let Some(record) = found.kvs().first() else {
+        let Some(StoredToken::Grant(stored)) = self.stored_token(token).await? else {
+            // Unknown, or a named consumer's: `lookup_consumer` reads those.
             return Ok(None);
         };
-        let stored: StoredGrant =
-            serde_json::from_slice(record.value()).map_err(|_| corrupt("token", record.key()))?;
         Ok(Some(Grant {
             service: stored
                 .service
                 .parse()
-                .map_err(|_| corrupt("token service", record.key()))?,
+                .map_err(|_| corrupt("token service", self.token_key(token).as_bytes()))?,
             kind: if stored.consumer {
                 TokenKind::Consumer
             } else {
                 TokenKind::Service
             },
         }))
+    }
+
+    async fn lookup_consumer_once(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<Consumer>, StoreError> {
+        let Some(StoredToken::Consumer(stored)) = self.stored_token(token).await? else {
+            return Ok(None);
+        };
+        let bad = || corrupt("consumer token", self.token_key(token).as_bytes());
+        let name = stored.named_consumer.parse().map_err(|_| bad())?;
+        let services = stored
+            .services
+            .iter()
+            .map(|s| s.parse::<ServiceName>())
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|_| bad())?;
+        Ok(Some(Consumer { name, services }))
+    }
+
+    async fn create_consumer_once(
+        &self,
+        consumer: NewConsumer,
+        retried: bool,
+    ) -> Result<Consumer, StoreError> {
+        let record = serde_json::to_vec(&StoredConsumer {
+            token_sha256: consumer.token.to_string(),
+        })
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let token = serde_json::to_vec(&StoredToken::Consumer(StoredConsumerToken {
+            named_consumer: consumer.name.to_string(),
+            services: consumer.services.iter().map(ToString::to_string).collect(),
+        }))
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let key = self.consumer_key(&consumer.name);
+        let token_key = self.token_key(&consumer.token);
+        // One transaction: the name is free, the token is no other's, and
+        // every service named is in the catalog (at most 64 comparisons,
+        // within etcd's default of 128 per transaction).
+        let mut when = vec![
+            Compare::version(key.clone(), CompareOp::Equal, 0),
+            Compare::version(token_key.clone(), CompareOp::Equal, 0),
+        ];
+        when.extend(
+            consumer
+                .services
+                .iter()
+                .map(|s| Compare::version(self.service_key(s), CompareOp::Greater, 0)),
+        );
+        let txn = Txn::new().when(when).and_then([
+            TxnOp::put(key, record, None),
+            TxnOp::put(token_key, token, None),
+        ]);
+        let mut kv = self.client.kv_client();
+        let done = kv.txn(txn).await.map_err(unavailable)?;
+        if !done.succeeded() {
+            // Say which condition failed, in the memory store's order. A
+            // retry of a creation whose answer was lost finds the consumer
+            // with its own token: that is a success, not a conflict.
+            let existing = kv
+                .get(self.consumer_key(&consumer.name), None)
+                .await
+                .map_err(unavailable)?;
+            if let Some(found) = existing.kvs().first() {
+                let ours = retried
+                    && serde_json::from_slice::<StoredConsumer>(found.value())
+                        .is_ok_and(|stored| stored.token_sha256 == consumer.token.to_string());
+                return if ours {
+                    Ok(Consumer {
+                        name: consumer.name,
+                        services: consumer.services,
+                    })
+                } else {
+                    Err(StoreError::ConsumerExists(consumer.name))
+                };
+            }
+            let listed = kv
+                .get(
+                    self.services_prefix(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .map_err(unavailable)?;
+            let catalog: BTreeSet<&[u8]> = listed.kvs().iter().map(KeyValue::key).collect();
+            if let Some(missing) = consumer
+                .services
+                .iter()
+                .find(|s| !catalog.contains(self.service_key(s).as_bytes()))
+            {
+                return Err(StoreError::NoSuchService(missing.clone()));
+            }
+            return Err(StoreError::TokenInUse);
+        }
+        Ok(Consumer {
+            name: consumer.name,
+            services: consumer.services,
+        })
+    }
+
+    async fn delete_consumer_once(&self, name: &ConsumerName) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        let key = self.consumer_key(name);
+        // Twice at most: the consumer may be deleted and created again
+        // between the read and the transaction.
+        for _ in 0..2 {
+            let found = kv.get(key.clone(), None).await.map_err(unavailable)?;
+            let Some(record) = found.kvs().first() else {
+                return Err(StoreError::NoSuchConsumer(name.clone()));
+            };
+            let stored: StoredConsumer = serde_json::from_slice(record.value())
+                .map_err(|_| corrupt("consumer", record.key()))?;
+            // The name and its token go together, or neither does.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    record.mod_revision(),
+                )])
+                .and_then([
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(
+                        format!("{}/tokens/{}", self.prefix, stored.token_sha256),
+                        None,
+                    ),
+                ]);
+            if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "consumer '{name}' changed while it was being deleted; delete it again"
+        )))
     }
 
     async fn register_once(&self, registration: Registration) -> Result<Instance, StoreError> {
@@ -750,6 +929,24 @@ impl Store for EtcdStore {
 
     async fn lookup_token(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
         retry(|| self.lookup_token_once(token)).await
+    }
+
+    async fn create_consumer(&self, consumer: NewConsumer) -> Result<Consumer, StoreError> {
+        // Only a retry may find its own earlier, unanswered success.
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        retry(|| {
+            let earlier = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.create_consumer_once(consumer.clone(), earlier > 0)
+        })
+        .await
+    }
+
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<(), StoreError> {
+        retry(|| self.delete_consumer_once(name)).await
+    }
+
+    async fn lookup_consumer(&self, token: &TokenHash) -> Result<Option<Consumer>, StoreError> {
+        retry(|| self.lookup_consumer_once(token)).await
     }
 
     async fn register(&self, registration: Registration) -> Result<Instance, StoreError> {

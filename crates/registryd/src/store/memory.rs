@@ -25,14 +25,14 @@ use tokio::{
 };
 
 use super::{
-    NewService, Scope, Store, StoreError, WatchEvent, WatchStream,
-    catalog_file::{CatalogPath, StoredService},
+    NewConsumer, NewService, Scope, Store, StoreError, WatchEvent, WatchStream,
+    catalog_file::{CatalogPath, StoredConsumer, StoredService},
 };
 use crate::{
-    auth::{Grant, TokenHash, TokenKind},
+    auth::{Consumer, Grant, TokenHash, TokenKind},
     model::{
-        Change, Event, Instance, InstanceId, LeaseId, Registration, RemovalReason, Revision,
-        ServiceInfo, ServiceName, Ttl,
+        Change, ConsumerName, Event, Instance, InstanceId, LeaseId, Registration, RemovalReason,
+        Revision, ServiceInfo, ServiceName, Ttl,
     },
 };
 
@@ -88,6 +88,10 @@ struct State {
     services: BTreeMap<ServiceName, ServiceEntry>,
     /// Service and consumer tokens by hash, derived from `services`.
     tokens: HashMap<TokenHash, Grant>,
+    /// Named consumers, each with its token's hash and what it reads.
+    consumers: BTreeMap<ConsumerName, ConsumerEntry>,
+    /// Named consumers by their token's hash, derived from `consumers`.
+    consumer_tokens: HashMap<TokenHash, ConsumerName>,
     leases: HashMap<LeaseId, LeaseEntry>,
     /// Lease deadlines in order, so the next expiry is the first entry.
     expiries: BTreeSet<(Instant, LeaseId)>,
@@ -104,6 +108,12 @@ struct ServiceEntry {
 }
 
 #[derive(Debug)]
+struct ConsumerEntry {
+    token: TokenHash,
+    services: BTreeSet<ServiceName>,
+}
+
+#[derive(Debug)]
 struct LeaseEntry {
     service: ServiceName,
     instance: InstanceId,
@@ -117,9 +127,12 @@ impl MemoryStore {
     /// and starts the task that expires leases. Call it inside a Tokio runtime.
     pub fn open(config: MemoryStoreConfig) -> std::io::Result<Self> {
         let catalog = config.data_dir.as_deref().map(CatalogPath::in_dir);
-        let stored = match &catalog {
-            Some(path) => path.load()?.services,
-            None => Vec::new(),
+        let (stored, stored_consumers) = match &catalog {
+            Some(path) => {
+                let file = path.load()?;
+                (file.services, file.consumers)
+            }
+            None => (Vec::new(), Vec::new()),
         };
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -131,6 +144,8 @@ impl MemoryStore {
             history_cap: config.history.max(1),
             services: BTreeMap::new(),
             tokens: HashMap::new(),
+            consumers: BTreeMap::new(),
+            consumer_tokens: HashMap::new(),
             leases: HashMap::new(),
             expiries: BTreeSet::new(),
         };
@@ -161,6 +176,29 @@ impl MemoryStore {
                 config.watch_buffer,
             );
         }
+        for consumer in stored_consumers {
+            let invalid = |what: &str| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the catalog's consumer {:?} has an invalid {what}",
+                        consumer.name
+                    ),
+                )
+            };
+            let name: ConsumerName = consumer.name.parse().map_err(|_| invalid("name"))?;
+            let token: TokenHash = consumer
+                .token_sha256
+                .parse()
+                .map_err(|_| invalid("token hash"))?;
+            let services = consumer
+                .services
+                .iter()
+                .map(|s| s.parse::<ServiceName>())
+                .collect::<Result<BTreeSet<_>, _>>()
+                .map_err(|_| invalid("service name"))?;
+            state.insert_consumer(name, token, services);
+        }
 
         let expiry_changed = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
@@ -189,11 +227,15 @@ impl Inner {
     /// the blocking pool, without the state lock: registrations, heartbeats and
     /// expiry go on meanwhile. Callers hold `catalog_writer`, so catalog
     /// changes happen one at a time.
-    async fn save_catalog(&self, services: Vec<StoredService>) -> Result<(), StoreError> {
+    async fn save_catalog(
+        &self,
+        services: Vec<StoredService>,
+        consumers: Vec<StoredConsumer>,
+    ) -> Result<(), StoreError> {
         let Some(path) = self.catalog.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || path.save(services))
+        tokio::task::spawn_blocking(move || path.save(services, consumers))
             .await
             .map_err(|e| StoreError::Persist(std::io::Error::other(e)))?
             .map_err(StoreError::Persist)
@@ -212,6 +254,19 @@ fn stored(
         created_at_unix: entry_created,
         token_sha256: token.to_string(),
         consumer_token_sha256: consumer.to_string(),
+    }
+}
+
+/// A named consumer as the catalog file stores it.
+fn stored_consumer(
+    name: &ConsumerName,
+    token: TokenHash,
+    services: &BTreeSet<ServiceName>,
+) -> StoredConsumer {
+    StoredConsumer {
+        name: name.to_string(),
+        token_sha256: token.to_string(),
+        services: services.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -274,6 +329,39 @@ impl State {
             watchers,
         };
         self.services.insert(name, entry);
+    }
+
+    fn insert_consumer(
+        &mut self,
+        name: ConsumerName,
+        token: TokenHash,
+        services: BTreeSet<ServiceName>,
+    ) {
+        self.consumer_tokens.insert(token, name.clone());
+        self.consumers
+            .insert(name, ConsumerEntry { token, services });
+    }
+
+    /// Whether a token already grants something: a service's, a service
+    /// consumer's or a named consumer's.
+    fn token_in_use(&self, token: &TokenHash) -> bool {
+        self.tokens.contains_key(token) || self.consumer_tokens.contains_key(token)
+    }
+
+    /// The services as the catalog file stores them, sorted by name.
+    fn stored_services(&self) -> Vec<StoredService> {
+        self.services
+            .iter()
+            .map(|(name, e)| stored(name, e.created_at_unix, e.token, e.consumer_token))
+            .collect()
+    }
+
+    /// The named consumers as the catalog file stores them, sorted by name.
+    fn stored_consumers(&self) -> Vec<StoredConsumer> {
+        self.consumers
+            .iter()
+            .map(|(name, e)| stored_consumer(name, e.token, &e.services))
+            .collect()
     }
 
     fn service(&self, name: &ServiceName) -> Result<&ServiceEntry, StoreError> {
@@ -423,16 +511,12 @@ impl Store for MemoryStore {
             // A token grants one thing: another's token given again would
             // silently take that grant over.
             if service.token == service.consumer_token
-                || state.tokens.contains_key(&service.token)
-                || state.tokens.contains_key(&service.consumer_token)
+                || state.token_in_use(&service.token)
+                || state.token_in_use(&service.consumer_token)
             {
                 return Err(StoreError::TokenInUse);
             }
-            let mut catalog: Vec<StoredService> = state
-                .services
-                .iter()
-                .map(|(name, e)| stored(name, e.created_at_unix, e.token, e.consumer_token))
-                .collect();
+            let mut catalog = state.stored_services();
             catalog.push(stored(
                 &service.name,
                 created_at_unix,
@@ -440,9 +524,9 @@ impl Store for MemoryStore {
                 service.consumer_token,
             ));
             catalog.sort_by(|a, b| a.name.cmp(&b.name));
-            catalog
+            (catalog, state.stored_consumers())
         };
-        self.inner.save_catalog(catalog).await?;
+        self.inner.save_catalog(catalog.0, catalog.1).await?;
         self.inner.lock().insert_service(
             service.name.clone(),
             created_at_unix,
@@ -462,14 +546,17 @@ impl Store for MemoryStore {
         let catalog = {
             let state = self.inner.lock();
             state.service(name)?;
-            state
+            let services = state
                 .services
                 .iter()
                 .filter(|(n, _)| *n != name)
                 .map(|(n, e)| stored(n, e.created_at_unix, e.token, e.consumer_token))
-                .collect()
+                .collect();
+            // Named consumers keep the name: a service created again under
+            // it is theirs to read.
+            (services, state.stored_consumers())
         };
-        self.inner.save_catalog(catalog).await?;
+        self.inner.save_catalog(catalog.0, catalog.1).await?;
         let mut state = self.inner.lock();
         let ids: Vec<InstanceId> = state.service(name)?.instances.keys().cloned().collect();
         for id in &ids {
@@ -499,6 +586,80 @@ impl Store for MemoryStore {
 
     async fn lookup_token(&self, token: &TokenHash) -> Result<Option<Grant>, StoreError> {
         Ok(self.inner.lock().tokens.get(token).cloned())
+    }
+
+    async fn create_consumer(&self, consumer: NewConsumer) -> Result<Consumer, StoreError> {
+        let _writer = self.inner.catalog_writer.lock().await;
+        let (services, consumers) = {
+            let state = self.inner.lock();
+            if state.consumers.contains_key(&consumer.name) {
+                return Err(StoreError::ConsumerExists(consumer.name));
+            }
+            if let Some(missing) = consumer
+                .services
+                .iter()
+                .find(|s| !state.services.contains_key(*s))
+            {
+                return Err(StoreError::NoSuchService(missing.clone()));
+            }
+            // A token grants one thing, as for services.
+            if state.token_in_use(&consumer.token) {
+                return Err(StoreError::TokenInUse);
+            }
+            let mut consumers = state.stored_consumers();
+            consumers.push(stored_consumer(
+                &consumer.name,
+                consumer.token,
+                &consumer.services,
+            ));
+            consumers.sort_by(|a, b| a.name.cmp(&b.name));
+            (state.stored_services(), consumers)
+        };
+        // Catalog changes hold `catalog_writer`, so what was checked above
+        // still holds once the file is written.
+        self.inner.save_catalog(services, consumers).await?;
+        self.inner.lock().insert_consumer(
+            consumer.name.clone(),
+            consumer.token,
+            consumer.services.clone(),
+        );
+        Ok(Consumer {
+            name: consumer.name,
+            services: consumer.services,
+        })
+    }
+
+    async fn delete_consumer(&self, name: &ConsumerName) -> Result<(), StoreError> {
+        let _writer = self.inner.catalog_writer.lock().await;
+        let (services, consumers) = {
+            let state = self.inner.lock();
+            if !state.consumers.contains_key(name) {
+                return Err(StoreError::NoSuchConsumer(name.clone()));
+            }
+            let consumers = state
+                .consumers
+                .iter()
+                .filter(|(n, _)| *n != name)
+                .map(|(n, e)| stored_consumer(n, e.token, &e.services))
+                .collect();
+            (state.stored_services(), consumers)
+        };
+        self.inner.save_catalog(services, consumers).await?;
+        let mut state = self.inner.lock();
+        if let Some(entry) = state.consumers.remove(name) {
+            state.consumer_tokens.remove(&entry.token);
+        }
+        Ok(())
+    }
+
+    async fn lookup_consumer(&self, token: &TokenHash) -> Result<Option<Consumer>, StoreError> {
+        let state = self.inner.lock();
+        Ok(state.consumer_tokens.get(token).and_then(|name| {
+            state.consumers.get(name).map(|entry| Consumer {
+                name: name.clone(),
+                services: entry.services.clone(),
+            })
+        }))
     }
 
     async fn register(&self, registration: Registration) -> Result<Instance, StoreError> {

@@ -6,14 +6,15 @@
 //! embedded [`MemoryStore`] keeps instances in memory and the catalog in a file;
 //! a store on a distributed engine implements the same trait.
 
-use std::{future::Future, time::Duration};
+use std::{collections::BTreeSet, future::Future, time::Duration};
 
 use futures::stream::BoxStream;
 
 use crate::{
-    auth::{Grant, TokenHash},
+    auth::{Consumer, Grant, TokenHash},
     model::{
-        Event, Instance, InstanceId, LeaseId, Registration, Revision, ServiceInfo, ServiceName, Ttl,
+        ConsumerName, Event, Instance, InstanceId, LeaseId, Registration, Revision, ServiceInfo,
+        ServiceName, Ttl,
     },
 };
 
@@ -37,8 +38,18 @@ pub enum StoreError {
     /// The service is already in the catalog.
     #[error("service '{0}' already exists; delete it first to get new tokens")]
     ServiceExists(ServiceName),
-    /// A provided token is already some service's, or the admin's: a token
-    /// grants one thing only.
+    /// The named consumer exists already.
+    #[error(
+        "consumer '{0}' already exists; delete it first (`registryctl delete-consumer {0}`) to give it a new token or other services"
+    )]
+    ConsumerExists(ConsumerName),
+    /// No named consumer has that name.
+    #[error(
+        "consumer '{0}' does not exist; an admin creates it with `registryctl create-consumer {0} --services NAME[,NAME...]`"
+    )]
+    NoSuchConsumer(ConsumerName),
+    /// A provided token is already some service's, a named consumer's, or
+    /// the admin's: a token grants one thing only.
     #[error(
         "a provided token is already in use; provide another, or leave it empty to get a new one"
     )]
@@ -125,6 +136,17 @@ pub struct NewService {
     pub consumer_token: TokenHash,
 }
 
+/// A new named consumer with the hash of its token.
+#[derive(Debug, Clone)]
+pub struct NewConsumer {
+    /// The consumer's name.
+    pub name: ConsumerName,
+    /// The hash of its token.
+    pub token: TokenHash,
+    /// The services it may read; each must be in the catalog.
+    pub services: BTreeSet<ServiceName>,
+}
+
 /// The registry's storage: a catalog of services and their live instances.
 ///
 /// Every method applies atomically: it either does all it says or changes
@@ -146,11 +168,34 @@ pub trait Store: Send + Sync + 'static {
     /// The catalog, sorted by name.
     fn list_services(&self) -> impl Future<Output = Result<Vec<ServiceInfo>, StoreError>> + Send;
 
-    /// What a token grants, if it is a service's or consumer's token.
+    /// What a token grants, if it is a service's or consumer's token from
+    /// `create_service` (a named consumer's is not: see `lookup_consumer`).
     fn lookup_token(
         &self,
         token: &TokenHash,
     ) -> impl Future<Output = Result<Option<Grant>, StoreError>> + Send;
+
+    /// Adds a named consumer. Every service it names must be in the catalog
+    /// (else `NoSuchService`), its name must be free (else `ConsumerExists`)
+    /// and its token no other's (else `TokenInUse`).
+    fn create_consumer(
+        &self,
+        consumer: NewConsumer,
+    ) -> impl Future<Output = Result<Consumer, StoreError>> + Send;
+
+    /// Removes a named consumer; its token grants nothing from then on.
+    fn delete_consumer(
+        &self,
+        name: &ConsumerName,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The named consumer a token is of, if any. A service's or consumer's
+    /// token from `create_service` is not a named consumer's: `lookup_token`
+    /// finds those.
+    fn lookup_consumer(
+        &self,
+        token: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Consumer>, StoreError>> + Send;
 
     /// Registers an instance under a new lease.
     fn register(

@@ -568,3 +568,159 @@ async fn a_token_in_use_is_refused_and_keeps_its_grant() {
     }
     assert_eq!(store.list_services().await.unwrap().len(), 1);
 }
+
+fn new_consumer(s: &str, services: &[&str]) -> NewConsumer {
+    NewConsumer {
+        name: s.parse().unwrap(),
+        token: TokenHash::of(&format!("con_named_{s}")),
+        services: services.iter().map(|s| name(s)).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_named_consumer_is_found_by_its_token_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MemoryStoreConfig {
+        data_dir: Some(dir.path().to_owned()),
+        ..MemoryStoreConfig::default()
+    };
+    let store = MemoryStore::open(config.clone()).unwrap();
+    for s in ["ratings", "recommendations", "reviews"] {
+        store.create_service(new_service(s)).await.unwrap();
+    }
+    let created = store
+        .create_consumer(new_consumer("market-web", &["ratings", "recommendations"]))
+        .await
+        .unwrap();
+    let token = TokenHash::of("con_named_market-web");
+    assert_eq!(
+        store.lookup_consumer(&token).await.unwrap(),
+        Some(created.clone())
+    );
+    // A named consumer's token is no service's grant, and a service's
+    // tokens are no named consumer's.
+    assert_eq!(store.lookup_token(&token).await.unwrap(), None);
+    assert_eq!(
+        store
+            .lookup_consumer(&TokenHash::of("con_ratings"))
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .create_consumer(new_consumer("checkout", &["reviews"]))
+        .await
+        .unwrap();
+    store
+        .delete_consumer(&"checkout".parse().unwrap())
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = MemoryStore::open(config.clone()).unwrap();
+    assert_eq!(store.lookup_consumer(&token).await.unwrap(), Some(created));
+    assert_eq!(
+        store
+            .lookup_consumer(&TokenHash::of("con_named_checkout"))
+            .await
+            .unwrap(),
+        None,
+        "a deleted consumer stays deleted"
+    );
+    // Services kept their tokens beside it.
+    assert!(
+        store
+            .lookup_token(&TokenHash::of("svc_ratings"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let market_web = "market-web".parse().unwrap();
+    store.delete_consumer(&market_web).await.unwrap();
+    assert!(matches!(
+        store.delete_consumer(&market_web).await,
+        Err(StoreError::NoSuchConsumer(_))
+    ));
+    drop(store);
+    let store = MemoryStore::open(config).unwrap();
+    assert_eq!(store.lookup_consumer(&token).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_named_consumer_needs_known_services_a_free_name_and_its_own_token() {
+    let store = store_with(&["ratings", "reviews"]).await;
+    store
+        .create_consumer(new_consumer("market-web", &["ratings"]))
+        .await
+        .unwrap();
+
+    let refused = store
+        .create_consumer(new_consumer("checkout", &["ratings", "nope"]))
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::NoSuchService(s)) if s.as_str() == "nope"),
+        "{refused:?}"
+    );
+    let refused = store
+        .create_consumer(new_consumer("market-web", &["reviews"]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::ConsumerExists(_))),
+        "{refused:?}"
+    );
+    for token in ["svc_ratings", "con_reviews", "con_named_market-web"] {
+        let refused = store
+            .create_consumer(NewConsumer {
+                token: TokenHash::of(token),
+                ..new_consumer("checkout", &["reviews"])
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::TokenInUse)),
+            "{token}: {refused:?}"
+        );
+    }
+    // A service may not take a named consumer's token either.
+    let refused = store
+        .create_service(NewService {
+            consumer_token: TokenHash::of("con_named_market-web"),
+            ..new_service("billing")
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TokenInUse)),
+        "{refused:?}"
+    );
+
+    // Nothing refused above was kept.
+    assert!(
+        store
+            .lookup_consumer(&TokenHash::of("con_named_checkout"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.list_services().await.unwrap().len(), 2);
+    store
+        .create_consumer(new_consumer("checkout", &["reviews"]))
+        .await
+        .expect("the name and the token are free");
+}
+
+#[tokio::test]
+async fn a_consumer_keeps_a_deleted_service_for_when_it_comes_back() {
+    let store = store_with(&["ratings", "reviews"]).await;
+    let created = store
+        .create_consumer(new_consumer("market-web", &["ratings", "reviews"]))
+        .await
+        .unwrap();
+    store.delete_service(&name("ratings")).await.unwrap();
+    let token = TokenHash::of("con_named_market-web");
+    assert_eq!(
+        store.lookup_consumer(&token).await.unwrap(),
+        Some(created),
+        "the consumer still names the service"
+    );
+    store.create_service(new_service("ratings")).await.unwrap();
+    assert!(store.resolve(&name("ratings")).await.is_ok());
+}
