@@ -22,6 +22,7 @@ use crate::{
     error::AppError,
     metrics::Metrics,
     ratings::{Ratings, Shown, human_age},
+    recommendations::{Panel, Recommendations},
     session::{self, Sessions},
 };
 
@@ -32,16 +33,24 @@ pub const MAX_BODY: usize = 4 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     ratings: Arc<Ratings>,
+    recommendations: Recommendations,
     sessions: Sessions,
     key: Key,
     metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// The state over a ratings source, with a cookie-signing key.
-    pub fn new(ratings: Arc<Ratings>, metrics: Arc<Metrics>, key: Key) -> Self {
+    /// The state over a ratings source and a recommendations source, with a
+    /// cookie-signing key.
+    pub fn new(
+        ratings: Arc<Ratings>,
+        recommendations: Recommendations,
+        metrics: Arc<Metrics>,
+        key: Key,
+    ) -> Self {
         Self {
             ratings,
+            recommendations,
             sessions: Sessions::new(Duration::from_secs(3600), 100_000),
             key,
             metrics,
@@ -118,6 +127,8 @@ struct IndexPage {
     message: Option<&'static str>,
     /// The session's CSRF token, for every form.
     csrf: String,
+    /// "You may also like", when the recommendations service answered.
+    recommended: Option<Panel>,
 }
 
 async fn index(
@@ -133,9 +144,6 @@ async fn index(
         );
     }
     let started = Instant::now();
-    let ids: Vec<&'static str> = catalog::ids().collect();
-    let shown = state.ratings.for_page(&ids).await;
-
     // Every visitor gets a session here, so that their forms carry its token.
     let (jar, session) = state.sessions.find_or_create(jar);
     let (cart, message, csrf) = {
@@ -146,6 +154,16 @@ async fn index(
             session.csrf.clone(),
         )
     };
+    let ids: Vec<&'static str> = catalog::ids().collect();
+    // Recommended for the cart's items, or for the page's when it is empty.
+    let bought: Vec<&'static str> = cart.items().map(|item| item.id).collect();
+    let basis = if bought.is_empty() { &ids } else { &bought };
+    // The four ratings and the recommendations, all at once.
+    let (shown, recommended) = tokio::join!(
+        state.ratings.for_page(&ids),
+        state.recommendations.for_page(basis, &state.metrics),
+    );
+
     let rated = state.ratings.client().is_some();
     let cards = CATALOG
         .iter()
@@ -167,6 +185,7 @@ async fn index(
         cart: cart.items().collect(),
         message,
         csrf,
+        recommended,
     };
     let html = page.render()?;
     state.metrics.page(started.elapsed().as_secs_f64());
@@ -383,38 +402,75 @@ struct CachedRow {
     age: String,
 }
 
+/// One service's instances on the status page.
+struct ServiceSection {
+    name: &'static str,
+    summary: String,
+    instances: Vec<InstanceRow>,
+}
+
+impl ServiceSection {
+    fn new(
+        name: &'static str,
+        listed: Vec<resilience::EndpointSnapshot>,
+        absent: Vec<resilience::EndpointSnapshot>,
+        policy: &resilience::Policy,
+    ) -> Self {
+        let summary = format!(
+            "{} {name} instance(s) known; timeout {:?}, breaker opens after {} failure(s) and retests after {:?}{}.",
+            listed.len(),
+            policy.timeout,
+            policy.breaker.failure_limit,
+            policy.breaker.retest_delay,
+            policy
+                .hedge_after
+                .map(|after| format!(", hedged after {after:?}"))
+                .unwrap_or_default(),
+        );
+        let instances = listed
+            .into_iter()
+            .map(|e| InstanceRow::new(e, true))
+            .chain(absent.into_iter().map(|e| InstanceRow::new(e, false)))
+            .collect();
+        Self {
+            name,
+            summary,
+            instances,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "status.html")]
 struct StatusPage {
     summary: String,
-    instances: Vec<InstanceRow>,
+    services: Vec<ServiceSection>,
     cached: Vec<CachedRow>,
 }
 
 async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError> {
-    let (summary, instances) = match state.ratings.client() {
-        None => (
-            "This is the monolith: it calls no ratings service.".to_owned(),
-            Vec::new(),
-        ),
-        Some(client) => {
-            let endpoints = client.endpoints();
-            let policy = client.policy();
-            let summary = format!(
-                "{} ratings instance(s) known; timeout {:?}, breaker opens after {} failure(s) and retests after {:?}.",
-                endpoints.len(),
-                policy.timeout,
-                policy.breaker.failure_limit,
-                policy.breaker.retest_delay
-            );
-            let rows = endpoints.into_iter().map(|e| InstanceRow::new(e, true));
-            let absent = client
-                .absent()
-                .into_iter()
-                .map(|e| InstanceRow::new(e, false));
-            let rows = rows.chain(absent).collect();
-            (summary, rows)
-        }
+    let mut services = Vec::new();
+    if let Some(client) = state.ratings.client() {
+        services.push(ServiceSection::new(
+            ratings_client::SERVICE,
+            client.endpoints(),
+            client.absent(),
+            client.policy(),
+        ));
+    }
+    if let Some(client) = state.recommendations.client() {
+        services.push(ServiceSection::new(
+            crate::recommendations::SERVICE,
+            client.endpoints(),
+            client.absent(),
+            client.policy(),
+        ));
+    }
+    let summary = if services.is_empty() {
+        "This is the monolith: it calls no service.".to_owned()
+    } else {
+        let names: Vec<&str> = services.iter().map(|s| s.name).collect();
+        format!("The shop calls {}.", names.join(" and "))
     };
     let cached = state
         .ratings
@@ -429,7 +485,7 @@ async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError>
         .collect();
     let page = StatusPage {
         summary,
-        instances,
+        services,
         cached,
     };
     Ok(Html(page.render()?))

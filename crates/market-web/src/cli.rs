@@ -17,7 +17,9 @@ const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// no ratings. With --registry and a token it finds the ratings instances
 /// through the registry and shows each item's rating, calling them through a
 /// stack that balances, times out, breaks circuits per instance, retries
-/// elsewhere and falls back to the last good rating.
+/// elsewhere and falls back to the last good rating; and beside them a "You
+/// may also like" panel from the recommendations service, left out when
+/// that service fails.
 #[derive(Debug, Parser)]
 #[command(name = "market-web", version)]
 pub struct Cli {
@@ -29,10 +31,16 @@ pub struct Cli {
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
 
-    /// A token that may read the `ratings` service (its service or consumer
-    /// token).
+    /// A token that may read the `ratings` and `recommendations` services:
+    /// a consumer's from `registryctl create-consumer market-web --services
+    /// ratings,recommendations`. A token of `ratings` alone (its service or
+    /// consumer token) shows the ratings without the panel.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Leave the recommendations panel out: call only the ratings service.
+    #[arg(long)]
+    pub no_recommendations: bool,
 
     /// Run as the monolith: no ratings, no calls.
     #[arg(long)]
@@ -55,7 +63,8 @@ pub struct Cli {
     pub tls: daemon::TlsArgs,
 }
 
-/// The client policy; each default comes from the ratings contract.
+/// The ratings client's policy; each default comes from the ratings
+/// contract. (The recommendations client follows its own contract.)
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
     /// Bound on one attempt, e.g. 1s [default: the contract's, 1s].
@@ -162,9 +171,39 @@ impl PolicyArgs {
     }
 }
 
+/// Whether the token may read the recommendations service, as far as the
+/// registry says within a second: a token of `ratings` alone, or a registry
+/// without the service, means a shop without the panel (said once, here,
+/// rather than by a watch refused forever). An unreachable registry is no
+/// answer: the panel comes once it is reached.
+async fn may_read_recommendations(registries: &Registries) -> bool {
+    use market_proto::registry::v1::ResolveRequest;
+    let (mut client, address) = registries.client();
+    let request = ResolveRequest {
+        service: crate::recommendations::SERVICE.to_owned(),
+    };
+    match tokio::time::timeout(Duration::from_secs(1), client.resolve(request)).await {
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::NotFound
+            ) =>
+        {
+            tracing::info!(
+                registry = %address,
+                "no recommendations panel: {} (a consumer token for ratings and recommendations shows it)",
+                status.message()
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
 /// Runs `market-web` as the command line says.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
+    let mut recommendations = crate::recommendations::Recommendations::none();
     let client = if cli.monolith || cli.registry.is_empty() {
         tracing::info!("running as the monolith: no ratings");
         None
@@ -178,6 +217,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(tls = mode, "gRPC TLS to the registry and instances: {mode}");
         let registries =
             Registries::with_tls(&cli.registry, token, tls.as_ref().map(daemon::Tls::client))?;
+        if !cli.no_recommendations && may_read_recommendations(&registries).await {
+            recommendations =
+                crate::recommendations::Recommendations::discover(registries.clone())?;
+        }
         let client = RatingsClient::discover(registries, policy)?;
         // Serve once the registry has listed the instances, so the first page
         // has its ratings; but not later than this, since an unreachable
@@ -194,7 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(client)
     };
-    let state = crate::state(client, cli.fresh_for);
+    let state = crate::state_with(client, recommendations, cli.fresh_for);
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

@@ -7,6 +7,8 @@
 //! - `session`: signed session cookies over an in-memory store;
 //! - [`ratings`]: the page's ratings, asked in parallel through the resilient
 //!   `RatingsClient`, with the last good answers cached (moka);
+//! - [`recommendations`]: the "You may also like" panel, one call per page
+//!   beside the ratings, left out when it fails;
 //! - `metrics`: `/metrics`;
 //! - [`app`]: the routes, as a `Router` that tests drive without a socket;
 //! - [`cli`]: the `market-web` command line, shared with the `market` demo.
@@ -18,6 +20,7 @@ pub mod cli;
 mod error;
 pub mod metrics;
 pub mod ratings;
+pub mod recommendations;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -49,12 +52,36 @@ pub const MAX_HEADERS: usize = 64;
 /// How long, at shutdown, requests in flight may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the app: the monolith when `client` is `None`.
+/// Builds the app without recommendations: the monolith when `client` is
+/// `None`.
 pub fn state(client: Option<ratings_client::RatingsClient>, fresh_for: Duration) -> AppState {
-    let metrics = metrics::Metrics::new(client.clone());
+    state_with(client, recommendations::Recommendations::none(), fresh_for)
+}
+
+/// Builds the app with `recommendations` beside the ratings.
+pub fn state_with(
+    client: Option<ratings_client::RatingsClient>,
+    recommendations: recommendations::Recommendations,
+    fresh_for: Duration,
+) -> AppState {
+    let mut services: Vec<(&'static str, metrics::Endpoints)> = Vec::new();
+    if let Some(client) = client.clone() {
+        services.push((
+            ratings_client::SERVICE,
+            Box::new(move || client.endpoints()),
+        ));
+    }
+    if let Some(client) = recommendations.client().cloned() {
+        services.push((
+            recommendations::SERVICE,
+            Box::new(move || client.endpoints()),
+        ));
+    }
+    let metrics = metrics::Metrics::new(services);
     let ratings = ratings::Ratings::new(client, fresh_for, metrics.clone());
     AppState::new(
         ratings,
+        recommendations,
         metrics,
         axum_extra::extract::cookie::Key::generate(),
     )

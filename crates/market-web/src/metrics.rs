@@ -13,8 +13,10 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use ratings_client::RatingsClient;
-use resilience::BreakerState;
+use resilience::{BreakerState, EndpointSnapshot};
+
+/// Reads a service's instances, with their breakers, at each scrape.
+pub type Endpoints = Box<dyn Fn() -> Vec<EndpointSnapshot> + Send + Sync>;
 
 /// How a page found a rating in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -33,7 +35,8 @@ struct LookupLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
+struct CallLabels {
+    service: &'static str,
     outcome: &'static str,
 }
 
@@ -43,12 +46,13 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pages: Histogram,
     lookups: Family<LookupLabels, Counter>,
-    results: Family<ResultLabels, Counter>,
+    calls: Family<CallLabels, Counter>,
 }
 
 impl Metrics {
-    /// Metrics, with per-instance figures read from `client` at each scrape.
-    pub fn new(client: Option<RatingsClient>) -> Arc<Self> {
+    /// Metrics, with per-instance figures of each service read from its
+    /// [`Endpoints`] at each scrape.
+    pub fn new(services: Vec<(&'static str, Endpoints)>) -> Arc<Self> {
         let mut registry = Registry::default();
         let pages = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
@@ -62,20 +66,20 @@ impl Metrics {
             "Rating lookups by what the cache did",
             lookups.clone(),
         );
-        let results = Family::<ResultLabels, Counter>::default();
+        let calls = Family::<CallLabels, Counter>::default();
         registry.register(
-            "market_ratings_calls",
-            "Calls to the ratings service by outcome",
-            results.clone(),
+            "market_calls",
+            "Calls to each service by outcome",
+            calls.clone(),
         );
-        if let Some(client) = client {
-            registry.register_collector(Box::new(Instances(client)));
+        if !services.is_empty() {
+            registry.register_collector(Box::new(Instances(services)));
         }
         Arc::new(Self {
             registry: Mutex::new(registry),
             pages,
             lookups,
-            results,
+            calls,
         })
     }
 
@@ -91,10 +95,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a call's outcome.
-    pub fn result(&self, ok: bool) {
+    /// Records the outcome of a call to `service`.
+    pub fn call(&self, service: &'static str, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
-        self.results.get_or_create(&ResultLabels { outcome }).inc();
+        self.calls
+            .get_or_create(&CallLabels { service, outcome })
+            .inc();
     }
 
     /// The text of `/metrics`.
@@ -110,30 +116,43 @@ impl Metrics {
     }
 }
 
-/// Per-instance figures from the client's breakers, read at each scrape.
-#[derive(Debug)]
-struct Instances(RatingsClient);
+/// Per-instance figures from each service's breakers, read at each scrape.
+struct Instances(Vec<(&'static str, Endpoints)>);
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|(name, _)| *name).collect();
+        f.debug_tuple("Instances").field(&names).finish()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct InstanceLabels {
+    service: &'static str,
     instance: String,
     address: String,
 }
 
 impl Collector for Instances {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let endpoints = self.0.endpoints();
+        let endpoints: Vec<(&'static str, EndpointSnapshot)> = self
+            .0
+            .iter()
+            .flat_map(|(service, read)| read().into_iter().map(move |e| (*service, e)))
+            .collect();
         let labels: Vec<InstanceLabels> = endpoints
             .iter()
-            .map(|e| InstanceLabels {
+            .map(|(service, e)| InstanceLabels {
+                service,
                 instance: e.instance.clone(),
                 address: e.address.clone(),
             })
             .collect();
+        let endpoints: Vec<EndpointSnapshot> = endpoints.into_iter().map(|(_, e)| e).collect();
         {
             let mut family = encoder.encode_descriptor(
-                "market_ratings_instance_calls",
-                "Calls sent to each ratings instance",
+                "market_instance_calls",
+                "Calls sent to each instance of each service",
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
@@ -143,8 +162,8 @@ impl Collector for Instances {
         }
         {
             let mut family = encoder.encode_descriptor(
-                "market_ratings_instance_failures",
-                "Failed calls to each ratings instance",
+                "market_instance_failures",
+                "Failed calls to each instance of each service",
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
@@ -155,7 +174,7 @@ impl Collector for Instances {
         }
         let mut family = encoder.encode_descriptor(
             "market_breaker_state",
-            "Each ratings instance's breaker: 0 closed, 1 half-open, 2 open",
+            "Each instance's breaker: 0 closed, 1 half-open, 2 open",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;

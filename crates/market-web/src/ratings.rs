@@ -167,7 +167,7 @@ impl Ratings {
         match client.get(id).await {
             Ok(rating) => {
                 tracing::info!(thing = %id, rating = %rating, served_by = %rating.served_by, "GOT {id}: {}", rating.stars());
-                self.metrics.result(true);
+                self.metrics.call(ratings_client::SERVICE, true);
                 self.cache.insert(
                     id.to_owned(),
                     Cached {
@@ -179,7 +179,7 @@ impl Ratings {
             }
             Err(error) => {
                 tracing::warn!(thing = %id, %error, "BAD {id}: {error}");
-                self.metrics.result(false);
+                self.metrics.call(ratings_client::SERVICE, false);
                 None
             }
         }

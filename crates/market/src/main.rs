@@ -1,12 +1,14 @@
 //! `market`: the one-command demo.
 //!
 //! `market` alone starts, as separate processes, the registry (in a temporary
-//! data dir), the `ratings` service entry, three ratings instances and the
-//! shop, prints where everything is and how to pause, resume and kill an
-//! instance, and on Ctrl-C stops it all in order (instances deregister first).
+//! data dir), each service of [`SERVICES`] with its entry and instances
+//! (three of ratings, two of recommendations), a consumer token for the shop
+//! and the shop, prints where everything is and how to pause, resume and
+//! kill an instance, and on Ctrl-C stops it all in order.
 //!
 //! The same binary also runs each daemon (`market registryd …`,
-//! `market ratings-server …`, `market market-web …`), which is how the demo
+//! `market ratings-server …`, `market recommendations-server …`,
+//! `market market-web …`), which is how the demo
 //! starts its processes: `cargo run --release --bin market` builds one binary
 //! and everything runs from it.
 //!
@@ -40,6 +42,8 @@ enum Daemon {
     Registryd(registryd::cli::Cli),
     /// Ratings instances (same options as `ratings-server`).
     RatingsServer(ratings_server::cli::Cli),
+    /// Recommendations instances (same options as `recommendations-server`).
+    RecommendationsServer(recommendations_server::Cli),
     /// The shop (same options as `market-web`).
     MarketWeb(market_web::cli::Cli),
     /// The demo under random faults for a while, then checks: no 5xx, every
@@ -54,6 +58,10 @@ pub(crate) struct DemoArgs {
     /// How many ratings instances to start.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
     pub(crate) instances: u16,
+
+    /// How many recommendations instances to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=50))]
+    pub(crate) recommendations: u16,
 
     /// Start only the monolith: the shop without the registry or ratings.
     #[arg(long)]
@@ -77,10 +85,43 @@ pub(crate) struct DemoArgs {
     pub(crate) policy: market_web::cli::PolicyArgs,
 }
 
+/// A service the demo runs: its instances are `market SUBCOMMAND`.
+pub(crate) struct DemoService {
+    /// How its instances run.
+    pub(crate) service: &'static daemon::Service,
+    /// Its binary, as a subcommand of `market`.
+    pub(crate) subcommand: &'static str,
+    /// How many instances the demo starts.
+    pub(crate) instances: fn(&DemoArgs) -> u16,
+}
+
+impl DemoService {
+    /// Its name in the registry.
+    pub(crate) fn name(&self) -> &'static str {
+        self.service.name
+    }
+}
+
+/// The services the demo runs, in the order it starts them.
+pub(crate) const SERVICES: [DemoService; 2] = [
+    DemoService {
+        service: &ratings_server::SERVICE,
+        subcommand: "ratings-server",
+        instances: |args| args.instances,
+    },
+    DemoService {
+        service: &recommendations_server::SERVICE,
+        subcommand: "recommendations-server",
+        instances: |args| args.recommendations,
+    },
+];
+
 fn main() -> anyhow::Result<()> {
     let cli: Cli = daemon::instances::parse_adjusted(|command| {
-        command.mut_subcommand("ratings-server", |c| {
-            daemon::instances::with_service_help(c, &ratings_server::SERVICE)
+        SERVICES.iter().fold(command, |command, service| {
+            command.mut_subcommand(service.subcommand, |c| {
+                daemon::instances::with_service_help(c, service.service)
+            })
         })
     });
     let runtime = tokio::runtime::Runtime::new()?;
@@ -92,6 +133,10 @@ fn main() -> anyhow::Result<()> {
         Some(Daemon::RatingsServer(cli)) => {
             daemon::init_logging();
             runtime.block_on(ratings_server::cli::run(cli))
+        }
+        Some(Daemon::RecommendationsServer(cli)) => {
+            daemon::init_logging();
+            runtime.block_on(recommendations_server::run(cli))
         }
         Some(Daemon::MarketWeb(cli)) => {
             daemon::init_logging();

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 pub(crate) use daemon::supervise::Child as Proc;
 use daemon::supervise::Spawn;
 pub(crate) use daemon::supervise::socket_addr;
-use market_proto::registry::v1::CreateServiceRequest;
+use market_proto::registry::v1::{CreateConsumerRequest, CreateServiceRequest};
 
 use crate::DemoArgs;
 
@@ -83,7 +83,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             daemon::ready::announce(&daemon::ready::Event::listening("market", url));
             daemon::shutdown_signal().await;
             println!(
-                "\nStopping: ratings instances first (they deregister), then the shop and the registry."
+                "\nStopping: the services' instances first (they deregister), then the shop and the registry."
             );
         }
         Err(error) => eprintln!("the demo could not start: {error:#}"),
@@ -133,50 +133,70 @@ async fn start_all(
         )?;
         let url = registry.listening("registryd", READY).await?;
         rows.push(format!(
-            "  {:<12} pid {:<8} {url}",
+            "  {:<18} pid {:<8} {url}",
             "registryd",
             registry.pid()
         ));
         procs.push(registry);
 
-        // The `ratings` service entry (what `dwc create-service ratings` did).
-        let created = registry_client::connect(&url, &admin)?
-            .create_service(CreateServiceRequest {
-                name: "ratings".into(),
+        let registry = registry_client::connect(&url, &admin)?;
+        for service in &crate::SERVICES {
+            // The service's entry (what `dwc create-service ratings` did).
+            let created = registry
+                .clone()
+                .create_service(CreateServiceRequest {
+                    name: service.name().into(),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the {} service", service.name()))?
+                .into_inner();
+            for n in 1..=(service.instances)(args) {
+                let mut instance_args = vec![
+                    service.subcommand.to_owned(),
+                    "--instance".to_owned(),
+                    n.to_string(),
+                    "--registry".to_owned(),
+                    url.clone(),
+                    "--token".to_owned(),
+                    created.token.clone(),
+                ];
+                if args.any_ports {
+                    instance_args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+                }
+                let name = format!("{}-{n}", service.name());
+                let instance = start(exe, &name, &instance_args, Output::Echo, "info")?;
+                let address = instance.listening(&name, READY).await?;
+                instance.registered(&name, READY).await?;
+                rows.push(format!("  {name:<18} pid {:<8} {address}", instance.pid()));
+                procs.push(instance);
+            }
+            if service.name() == ratings_server::SERVICE.name {
+                token = Some(created.token);
+            }
+        }
+        // The shop reads every service with one consumer token.
+        let names: Vec<String> = crate::SERVICES
+            .iter()
+            .map(|service| service.name().to_owned())
+            .collect();
+        let consumer = registry
+            .clone()
+            .create_consumer(CreateConsumerRequest {
+                name: "market-web".into(),
+                services: names,
                 ..Default::default()
             })
             .await
-            .context("cannot create the ratings service")?
+            .context("cannot create the shop's consumer token")?
             .into_inner();
-
-        for n in 1..=args.instances {
-            let mut ratings_args = vec![
-                "ratings-server".to_owned(),
-                "--instance".to_owned(),
-                n.to_string(),
-                "--registry".to_owned(),
-                url.clone(),
-                "--token".to_owned(),
-                created.token.clone(),
-            ];
-            if args.any_ports {
-                ratings_args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
-            }
-            let name = format!("ratings-{n}");
-            let instance = start(exe, &name, &ratings_args, Output::Echo, "info")?;
-            let address = instance.listening(&name, READY).await?;
-            instance.registered(&name, READY).await?;
-            rows.push(format!("  {name:<12} pid {:<8} {address}", instance.pid()));
-            procs.push(instance);
-        }
         web_args.extend([
             "--registry".to_owned(),
             url.clone(),
             "--token".to_owned(),
-            created.token.clone(),
+            consumer.token,
         ]);
         web_args.extend(args.policy.to_args());
-        token = Some(created.token);
         registry_url = Some(url);
     }
 
@@ -184,7 +204,7 @@ async fn start_all(
     let shop = web.listening("market-web", READY).await?;
     let addr = socket_addr(&shop)?;
     rows.push(format!(
-        "  {:<12} pid {:<8} {shop}",
+        "  {:<18} pid {:<8} {shop}",
         "market-web",
         web.pid()
     ));
