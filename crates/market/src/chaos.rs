@@ -1,10 +1,11 @@
 //! `market chaos`: the demo under sustained, random faults.
 //!
-//! Runs the demo's topology (registry, ratings instances, shop) as separate
-//! processes, loads pages at a fixed rate (open loop: a page's latency counts
-//! from when it was due, so a stalled shop cannot hide its stall), and, for
-//! the given duration, pauses, kills and restarts instances, adds slow and
-//! flaky ones, and restarts the registry. One base instance is always left
+//! Runs the demo's topology (registry, the instances of every service of
+//! the demo, shop) as separate processes, loads pages at a fixed rate (open
+//! loop: a page's latency counts from when it was due, so a stalled shop
+//! cannot hide its stall), and, for the given duration, pauses, kills and
+//! restarts instances of every service, adds slow and flaky ones, and
+//! restarts the registry. One base instance of each service is always left
 //! alone. At the end it checks the invariants a user of the shop relies on,
 //! prints a summary, writes it as JSON when asked, and fails when one broke.
 
@@ -18,8 +19,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use market_proto::registry::v1::{CreateServiceRequest, ResolveRequest};
 use daemon::supervise::Signal;
+use market_proto::registry::v1::{CreateConsumerRequest, CreateServiceRequest, ResolveRequest};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
 use tokio::{
@@ -27,7 +28,10 @@ use tokio::{
     time::Instant,
 };
 
-use crate::supervise::{self, Output, Proc, READY, socket_addr};
+use crate::{
+    DemoService, SERVICES,
+    supervise::{self, Output, Proc, READY, socket_addr},
+};
 
 /// The items of the shop, whose ratings every page should show.
 const ITEMS: [&str; 4] = ["basketball", "briefcase", "camera", "football"];
@@ -65,6 +69,11 @@ pub(crate) struct ChaosArgs {
     /// instance, is never struck.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
     instances: u16,
+
+    /// Recommendations instances that faults may strike; one more, the
+    /// base instance, is never struck.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
+    recommenders: u16,
 
     /// The instances' TTL (whole seconds, 1s to 300s): how long a dead one
     /// stays listed at most.
@@ -111,6 +120,8 @@ struct Page {
     status: u16,
     /// Each item's rating as shown, in the order of [`ITEMS`].
     ratings: [Shown; 4],
+    /// Whether it showed the recommendations panel.
+    recommended: bool,
     /// Whether it was due while faults were injected (not in the warm-up).
     faulty: bool,
 }
@@ -150,6 +161,12 @@ struct Summary {
     ratings: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
     /// Pages due after an item's rating was first shown that did not show it.
     missing_after_first_rating: usize,
+    /// Pages that showed the recommendations panel: in the warm-up, under
+    /// faults.
+    recommended_warm_up: usize,
+    recommended_under_faults: usize,
+    /// Warm-up pages without the panel after it had first been shown.
+    warm_up_without_panel_after_first: usize,
     /// Faults injected, by kind.
     faults: BTreeMap<&'static str, usize>,
     events: Vec<Event>,
@@ -220,8 +237,9 @@ enum Undo {
     Retire(String),
 }
 
-/// A ratings instance the driver runs.
+/// An instance the driver runs, of one of the demo's services.
 struct Instance {
+    service: &'static DemoService,
     proc: Proc,
     paused: bool,
     /// Slow or flaky, added by a fault: never struck again.
@@ -234,7 +252,8 @@ struct Topology {
     shown: Output,
     data_dir: tempfile::TempDir,
     admin: String,
-    token: String,
+    /// Each service's token, by service name.
+    tokens: BTreeMap<&'static str, String>,
     registry_addr: SocketAddr,
     registry: Proc,
     web: Proc,
@@ -250,8 +269,21 @@ struct Topology {
     extras: u32,
 }
 
-/// The base instance, never struck.
-const BASE: &str = "ratings-base";
+/// The base instance of `service`, never struck.
+fn base(service: &DemoService) -> String {
+    format!("{}-base", service.name())
+}
+
+/// The service an instance id (`SERVICE-...`) belongs to.
+fn service_of(id: &str) -> &'static DemoService {
+    SERVICES
+        .iter()
+        .find(|service| {
+            id.strip_prefix(service.name())
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .unwrap_or(&SERVICES[0])
+}
 
 impl Topology {
     async fn start(args: &ChaosArgs) -> anyhow::Result<Self> {
@@ -267,30 +299,53 @@ impl Topology {
         let (registry, registry_addr) =
             start_registry(&exe, shown, loopback, data_dir.path(), &admin).await?;
         let url = format!("http://{registry_addr}");
-        let token = registry_client::connect(&url, &admin)?
-            .create_service(CreateServiceRequest {
-                name: "ratings".into(),
+        let registry_api = registry_client::connect(&url, &admin)?;
+        let mut tokens = BTreeMap::new();
+        let mut instances = BTreeMap::new();
+        for service in &SERVICES {
+            let token = registry_api
+                .clone()
+                .create_service(CreateServiceRequest {
+                    name: service.name().into(),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the {} service", service.name()))?
+                .into_inner()
+                .token;
+            let struck = if service.name() == ratings_server::SERVICE.name {
+                args.instances
+            } else {
+                args.recommenders
+            };
+            let ids = std::iter::once(base(service))
+                .chain((1..=struck).map(|n| format!("{}-{n}", service.name())));
+            for id in ids {
+                let proc =
+                    start_instance(&exe, shown, &url, service, &token, args.ttl, &id, &[]).await?;
+                instances.insert(
+                    id,
+                    Instance {
+                        service,
+                        proc,
+                        paused: false,
+                        extra: false,
+                    },
+                );
+            }
+            tokens.insert(service.name(), token);
+        }
+        let consumer = registry_api
+            .clone()
+            .create_consumer(CreateConsumerRequest {
+                name: "market-web".into(),
+                services: SERVICES.iter().map(|s| s.name().to_owned()).collect(),
                 ..Default::default()
             })
             .await
-            .context("cannot create the ratings service")?
+            .context("cannot create the shop's consumer token")?
             .into_inner()
             .token;
-
-        let mut instances = BTreeMap::new();
-        let ids = std::iter::once(BASE.to_owned())
-            .chain((1..=args.instances).map(|n| format!("ratings-{n}")));
-        for id in ids {
-            let proc = start_instance(&exe, shown, &url, &token, args.ttl, &id, &[]).await?;
-            instances.insert(
-                id,
-                Instance {
-                    proc,
-                    paused: false,
-                    extra: false,
-                },
-            );
-        }
 
         let mut web_args = vec![
             "market-web".to_owned(),
@@ -299,7 +354,7 @@ impl Topology {
             "--registry".to_owned(),
             url,
             "--token".to_owned(),
-            token.clone(),
+            consumer,
         ];
         web_args.extend(args.policy.to_args());
         let web = supervise::start(&exe, "market-web", &web_args, shown, LOG)?;
@@ -309,7 +364,7 @@ impl Topology {
             shown,
             data_dir,
             admin,
-            token,
+            tokens,
             registry_addr,
             registry,
             web,
@@ -329,11 +384,13 @@ impl Topology {
     /// Starts instance `id` with `extra` arguments and waits until it is
     /// registered.
     async fn start_instance(&mut self, id: &str, extra: &[String]) -> anyhow::Result<()> {
+        let service = service_of(id);
         let proc = start_instance(
             &self.exe,
             self.shown,
             &self.registry_url(),
-            &self.token,
+            service,
+            &self.tokens[service.name()],
             self.ttl,
             id,
             extra,
@@ -343,6 +400,7 @@ impl Topology {
         self.instances.insert(
             id.to_owned(),
             Instance {
+                service,
                 proc,
                 paused: false,
                 extra: !extra.is_empty(),
@@ -387,7 +445,9 @@ impl Topology {
     fn strikable(&self) -> Vec<String> {
         self.instances
             .iter()
-            .filter(|(id, instance)| *id != BASE && !instance.paused && !instance.extra)
+            .filter(|(id, instance)| {
+                **id != base(instance.service) && !instance.paused && !instance.extra
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -428,6 +488,8 @@ impl Topology {
             .expect("a choice");
         let target =
             (!targets.is_empty()).then(|| targets[rng.random_range(0..targets.len())].clone());
+        // An added instance joins one of the services, drawn too.
+        let joins = SERVICES[rng.random_range(0..SERVICES.len())].name();
         let what = match (kind, target) {
             ("pause", Some(id)) => {
                 let span = between(rng, 0.5, 4.0);
@@ -454,7 +516,7 @@ impl Topology {
                 let span = between(rng, 3.0, 10.0);
                 let delay = Duration::from_millis(rng.random_range(50..600));
                 self.extras += 1;
-                let id = format!("ratings-slow-{}", self.extras);
+                let id = format!("{joins}-slow-{}", self.extras);
                 let delay_arg = format!("{}ms", delay.as_millis());
                 self.start_instance(&id, &["--delay".to_owned(), delay_arg])
                     .await?;
@@ -464,7 +526,7 @@ impl Topology {
             ("add-flaky", _) => {
                 let span = between(rng, 3.0, 10.0);
                 self.extras += 1;
-                let id = format!("ratings-flaky-{}", self.extras);
+                let id = format!("{joins}-flaky-{}", self.extras);
                 self.start_instance(&id, &["--fail-rate".to_owned(), "0.5".to_owned()])
                     .await?;
                 undo.push((now + span, Undo::Retire(id.clone())));
@@ -500,16 +562,23 @@ impl Topology {
     }
 
     /// Instances the registry lists though they have been dead for longer
-    /// than their TTL (plus a little slack).
+    /// than their TTL (plus a little slack), of every service.
     async fn stale_registrations(&self) -> anyhow::Result<Vec<String>> {
-        let listed = registry_client::connect(&self.registry_url(), &self.admin)?
-            .resolve(ResolveRequest {
-                service: "ratings".into(),
-            })
-            .await
-            .context("cannot resolve ratings at the end")?
-            .into_inner()
-            .instances;
+        let registry = registry_client::connect(&self.registry_url(), &self.admin)?;
+        let mut listed = Vec::new();
+        for service in &SERVICES {
+            listed.extend(
+                registry
+                    .clone()
+                    .resolve(ResolveRequest {
+                        service: service.name().into(),
+                    })
+                    .await
+                    .with_context(|| format!("cannot resolve {} at the end", service.name()))?
+                    .into_inner()
+                    .instances,
+            );
+        }
         let now = Instant::now();
         Ok(listed
             .into_iter()
@@ -564,18 +633,21 @@ async fn start_registry(
     Ok((registry, addr))
 }
 
-/// Starts a ratings instance named `id` and waits until it is registered.
+/// Starts an instance of `service` named `id` and waits until it is
+/// registered.
+#[allow(clippy::too_many_arguments)]
 async fn start_instance(
     exe: &PathBuf,
     shown: Output,
     registry: &str,
+    service: &DemoService,
     token: &str,
     ttl: Duration,
     id: &str,
     extra: &[String],
 ) -> anyhow::Result<Proc> {
     let mut args = vec![
-        "ratings-server".to_owned(),
+        service.subcommand.to_owned(),
         "--instance-id".to_owned(),
         id.to_owned(),
         "--listen".to_owned(),
@@ -620,6 +692,7 @@ async fn load(
                 latency: start.elapsed().saturating_sub(due),
                 status,
                 ratings: ITEMS.map(|item| shown_in(&body, item)),
+                recommended: body.contains(r#"id="recommendations""#),
                 faulty: due >= faults,
             }
         });
@@ -886,8 +959,25 @@ fn summarize(
     // When each item's rating was first on a page: the page's last byte.
     let mut first_shown: [Option<Duration>; 4] = [None; 4];
     let mut missing_after_first = 0;
+    // The panel: when it was first shown, and how often.
+    let (mut first_panel, mut recommended_warm_up, mut recommended_under_faults) = (None, 0, 0);
+    let mut warm_up_without_panel = 0;
     for page in pages {
         *statuses.entry(page.status).or_default() += 1;
+        match (page.recommended, page.faulty) {
+            (true, faulty) => {
+                *if faulty {
+                    &mut recommended_under_faults
+                } else {
+                    &mut recommended_warm_up
+                } += 1;
+                first_panel.get_or_insert(page.due + page.latency);
+            }
+            (false, false) if first_panel.is_some_and(|first| page.due > first) => {
+                warm_up_without_panel += 1;
+            }
+            (false, _) => {}
+        }
         for (i, item) in ITEMS.iter().enumerate() {
             let shown = page.ratings[i];
             *ratings
@@ -933,6 +1023,20 @@ fn summarize(
             "{missing_after_first} item(s) on pages without a rating after it had been shown"
         ));
     }
+    // The panel may be left out while a fault strikes the recommendations
+    // service, but not in the calm of the warm-up once it was shown, and not
+    // for the whole run: its base instance is never struck.
+    if recommended_warm_up == 0 {
+        violations.push("no page of the warm-up showed the recommendations panel".to_owned());
+    }
+    if warm_up_without_panel > 0 {
+        violations.push(format!(
+            "{warm_up_without_panel} warm-up page(s) without the recommendations panel after it had been shown"
+        ));
+    }
+    if recommended_under_faults == 0 {
+        violations.push("no page under faults showed the recommendations panel".to_owned());
+    }
     if latency.p99 > 1200.0 {
         violations.push(format!("p99 page latency {:.0} ms > 1200 ms", latency.p99));
     }
@@ -977,6 +1081,9 @@ fn summarize(
         faulty_latency_ms: faulty_latency,
         ratings,
         missing_after_first_rating: missing_after_first,
+        recommended_warm_up,
+        recommended_under_faults,
+        warm_up_without_panel_after_first: warm_up_without_panel,
         faults,
         events,
         web_rss_kib_after_warm_up: rss_after_warm_up,
@@ -1014,6 +1121,11 @@ fn print(summary: &Summary) {
     for (item, shown) in &summary.ratings {
         println!("  {item:<11} {shown:?}");
     }
+    let faulty_pages = (summary.duration_s * f64::from(summary.rate)).round();
+    println!(
+        "  recommendations panel: {} warm-up pages, {} of about {faulty_pages} pages under faults",
+        summary.recommended_warm_up, summary.recommended_under_faults
+    );
     println!("  faults: {:?}", summary.faults);
     println!(
         "  market-web RSS: {} KiB after the warm-up, {} KiB at {} s (settled), {} KiB at the end",
@@ -1049,6 +1161,17 @@ mod tests {
         assert_eq!(shown_in(page, "football"), Shown::Cached);
         assert_eq!(shown_in(page, "briefcase"), Shown::Missing);
         assert_eq!(shown_in(page, "basketball"), Shown::Missing);
+    }
+
+    #[test]
+    fn instances_belong_to_the_service_their_id_names() {
+        assert_eq!(service_of("ratings-base").name(), "ratings");
+        assert_eq!(service_of("ratings-slow-2").name(), "ratings");
+        assert_eq!(service_of("recommendations-1").name(), "recommendations");
+        assert_eq!(
+            base(service_of("recommendations-flaky-3")),
+            "recommendations-base"
+        );
     }
 
     #[test]
