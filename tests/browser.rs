@@ -45,14 +45,17 @@ async fn submit(browser: &Client, button: &str) {
         .expect("click");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match old_page.tag_name().await {
+        // Mid-navigation, chromedriver may answer with another error than a
+        // stale element (it cannot tell the loading status, say): that is
+        // asked again, until the old page is gone or the deadline passes.
+        let last = match old_page.tag_name().await {
             Err(error) if error.is_stale_element_reference() => break,
-            Err(error) => panic!("waiting for the next page: {error}"),
-            Ok(_) => {}
-        }
+            Err(error) => Some(error),
+            Ok(_) => None,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no new page within 10 s of clicking {button}"
+            "no new page within 10 s of clicking {button} (last error: {last:?})"
         );
         // WebDriver has no navigation event to wait on; the old page is polled.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -134,6 +137,23 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
     }
     let total = browser.find(Locator::Css(".total")).await.expect("a total");
     assert_eq!(total.text().await.expect("text"), "Total: $119.98");
+    // The panel is for the cart now: what buyers of a camera and a
+    // basketball also bought, the shop's own items linked.
+    let panel = browser
+        .find(Locator::Css("#recommendations"))
+        .await
+        .expect("the recommendations panel")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        panel.contains("You may also like") && panel.contains("tripod"),
+        "{panel}"
+    );
+    browser
+        .find(Locator::Css("#recommendations a[href='#item-football']"))
+        .await
+        .expect("a link to the football, which the shop sells");
 
     let screenshot = browser.screenshot().await.expect("a screenshot");
     let dir = target_dir().join("browser");
