@@ -442,3 +442,43 @@ async fn bad_consumers_get_a_precise_status_and_change_nothing_on_memory() {
 async fn bad_consumers_get_a_precise_status_and_change_nothing_on_etcd() {
     bad_consumers_get_a_precise_status_and_change_nothing(StoreKind::Etcd).await;
 }
+
+/// A deployment provisions the shop's token itself and runs its setup job
+/// again on every start: `--token-env` and `--if-missing`, as the compose
+/// file and the Kubernetes job do.
+#[tokio::test]
+async fn a_provisioned_consumer_is_created_once_by_a_setup_job_run_twice() {
+    let cluster = Cluster::start(&[]).await;
+    cluster.registry.create_service("recommendations").await;
+    let token = "con_provisioned-by-the-deployment-0123456789";
+    let run = || {
+        tokio::process::Command::new(test_support::bin("registryctl"))
+            .args(["--registry", &cluster.registry.url()])
+            .args(["--admin-token", &cluster.registry.admin_token])
+            .args(["create-consumer", "market-web"])
+            .args(["--services", "ratings,recommendations"])
+            .args(["--token-env", "WEB_TOKEN", "--if-missing"])
+            .env("WEB_TOKEN", token)
+            .output()
+    };
+    let first = run().await.expect("run registryctl");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), token);
+    let again = run().await.expect("run registryctl");
+    assert!(
+        again.status.success(),
+        "--if-missing: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let listed = cluster
+        .registry
+        .client(token)
+        .resolve(resolve("recommendations"))
+        .await;
+    assert!(listed.is_ok(), "the provisioned token reads: {listed:?}");
+}

@@ -10,10 +10,11 @@ use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
 /// The binaries the Dockerfile builds.
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
     "registryd",
     "registryctl",
     "ratings-server",
+    "recommendations-server",
     "market-web",
     "market",
 ];
@@ -157,7 +158,10 @@ fn the_compose_file_runs_our_binaries_with_their_real_flags() {
             }
         }
     }
-    assert_eq!(ours, 7, "two registryd, setup, three ratings, market-web");
+    assert_eq!(
+        ours, 11,
+        "two registryd, three setup jobs, three ratings, two recommendations, market-web"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -169,6 +173,7 @@ fn the_kubernetes_manifests_run_our_binaries_with_their_real_flags_and_ports() {
         "etcd.yaml",
         "registryd.yaml",
         "ratings.yaml",
+        "recommendations.yaml",
         "market-web.yaml",
         "secret.example.yaml",
     ] {
@@ -222,8 +227,8 @@ fn the_kubernetes_manifests_run_our_binaries_with_their_real_flags_and_ports() {
         }
     }
     assert_eq!(
-        containers_checked, 4,
-        "registryd, the setup job, ratings, market-web"
+        containers_checked, 7,
+        "registryd, three setup jobs, ratings, recommendations, market-web"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
@@ -234,6 +239,7 @@ fn the_systemd_units_run_our_binaries_with_their_real_flags() {
     for unit in [
         "registryd.service",
         "ratings-server@.service",
+        "recommendations-server@.service",
         "market-web.service",
     ] {
         let text = deploy(&format!("systemd/{unit}"));

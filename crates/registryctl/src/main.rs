@@ -101,6 +101,10 @@ enum Command {
         /// provision their secrets), read from this environment variable.
         #[arg(long, value_name = "VAR")]
         token_env: Option<String>,
+        /// Succeed without changes when the consumer exists already (its
+        /// services are then as they were: delete it to change them).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Remove a named consumer; its token stops working at once.
     DeleteConsumer {
@@ -311,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
             name,
             services,
             token_env,
+            if_missing,
         } => {
             let registries = cli.registries(&cli.admin_token()?)?;
             let request = pb::CreateConsumerRequest {
@@ -322,7 +327,14 @@ async fn main() -> anyhow::Result<()> {
                 let request = request.clone();
                 async move { c.create_consumer(request).await }
             })
-            .await?;
+            .await;
+            let created = match created {
+                Err(error) if *if_missing && error.to_string().contains("AlreadyExists") => {
+                    eprintln!("consumer {name} exists already; nothing changed");
+                    return Ok(());
+                }
+                other => other?,
+            };
             if cli.json {
                 print_json(&serde_json::json!({
                     "consumer": created.name,
