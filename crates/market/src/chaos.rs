@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use daemon::supervise::Signal;
-use market_proto::registry::v1::{CreateConsumerRequest, CreateServiceRequest, ResolveRequest};
+use market_proto::registry::v1::ResolveRequest;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
 use tokio::{
@@ -303,15 +303,8 @@ impl Topology {
         let mut tokens = BTreeMap::new();
         let mut instances = BTreeMap::new();
         for service in &SERVICES {
-            let token = registry_api
-                .clone()
-                .create_service(CreateServiceRequest {
-                    name: service.name().into(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot create the {} service", service.name()))?
-                .into_inner()
+            let token = supervise::create_service(&registry_api, service)
+                .await?
                 .token;
             let struck = if service.name() == ratings_server::SERVICE.name {
                 args.instances
@@ -335,17 +328,7 @@ impl Topology {
             }
             tokens.insert(service.name(), token);
         }
-        let consumer = registry_api
-            .clone()
-            .create_consumer(CreateConsumerRequest {
-                name: "market-web".into(),
-                services: SERVICES.iter().map(|s| s.name().to_owned()).collect(),
-                ..Default::default()
-            })
-            .await
-            .context("cannot create the shop's consumer token")?
-            .into_inner()
-            .token;
+        let consumer = supervise::create_shop_consumer(&registry_api).await?;
 
         let mut web_args = vec![
             "market-web".to_owned(),

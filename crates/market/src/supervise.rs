@@ -6,9 +6,12 @@ use anyhow::Context as _;
 pub(crate) use daemon::supervise::Child as Proc;
 use daemon::supervise::Spawn;
 pub(crate) use daemon::supervise::socket_addr;
-use market_proto::registry::v1::{CreateConsumerRequest, CreateServiceRequest};
+use market_proto::registry::v1::{
+    CreateConsumerRequest, CreateServiceRequest, CreateServiceResponse,
+};
+use registry_client::RegistryClient;
 
-use crate::DemoArgs;
+use crate::{DemoArgs, DemoService};
 
 /// How long a process may take to be ready before the demo gives up.
 pub(crate) const READY: Duration = Duration::from_secs(30);
@@ -52,6 +55,41 @@ pub(crate) async fn stop(proc: &mut Proc) {
     if proc.stop(GRACE).await.is_none() {
         eprintln!("{} did not stop within {GRACE:?}; killed it", proc.name());
     }
+}
+
+/// Creates `service`'s entry in the registry: its tokens.
+pub(crate) async fn create_service(
+    registry: &RegistryClient,
+    service: &DemoService,
+) -> anyhow::Result<CreateServiceResponse> {
+    Ok(registry
+        .clone()
+        .create_service(CreateServiceRequest {
+            name: service.name().into(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot create the {} service", service.name()))?
+        .into_inner())
+}
+
+/// Creates the shop's consumer, which reads every service of the demo, and
+/// returns its token.
+pub(crate) async fn create_shop_consumer(registry: &RegistryClient) -> anyhow::Result<String> {
+    Ok(registry
+        .clone()
+        .create_consumer(CreateConsumerRequest {
+            name: "market-web".into(),
+            services: crate::SERVICES
+                .iter()
+                .map(|service| service.name().to_owned())
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .context("cannot create the shop's consumer token")?
+        .into_inner()
+        .token)
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -142,15 +180,7 @@ async fn start_all(
         let registry = registry_client::connect(&url, &admin)?;
         for service in &crate::SERVICES {
             // The service's entry (what `dwc create-service ratings` did).
-            let created = registry
-                .clone()
-                .create_service(CreateServiceRequest {
-                    name: service.name().into(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("cannot create the {} service", service.name()))?
-                .into_inner();
+            let created = create_service(&registry, service).await?;
             for n in 1..=(service.instances)(args) {
                 let mut instance_args = vec![
                     service.subcommand.to_owned(),
@@ -176,25 +206,12 @@ async fn start_all(
             }
         }
         // The shop reads every service with one consumer token.
-        let names: Vec<String> = crate::SERVICES
-            .iter()
-            .map(|service| service.name().to_owned())
-            .collect();
-        let consumer = registry
-            .clone()
-            .create_consumer(CreateConsumerRequest {
-                name: "market-web".into(),
-                services: names,
-                ..Default::default()
-            })
-            .await
-            .context("cannot create the shop's consumer token")?
-            .into_inner();
+        let consumer = create_shop_consumer(&registry).await?;
         web_args.extend([
             "--registry".to_owned(),
             url.clone(),
             "--token".to_owned(),
-            consumer.token,
+            consumer,
         ]);
         web_args.extend(args.policy.to_args());
         registry_url = Some(url);
