@@ -117,16 +117,20 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     match result {
         Ok((banner, url)) => {
             println!("{banner}");
-            // For a supervisor of the demo itself (the browser test).
-            daemon::ready::announce(&daemon::ready::Event::listening("market", url));
+            // For a supervisor of the demo itself (the browser test); a
+            // person at a terminal has the banner.
+            if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                daemon::ready::announce(&daemon::ready::Event::listening("market", url));
+            }
             daemon::shutdown_signal().await;
             println!(
-                "\nStopping: the services' instances first (they deregister), then the shop and the registry."
+                "\nStopping: the shop, then the services' instances (they deregister), then the registry."
             );
         }
         Err(error) => eprintln!("the demo could not start: {error:#}"),
     }
-    // Instances first, so that they deregister while the registry still runs.
+    // The shop first, then the instances, so that they deregister while the
+    // registry still runs.
     for proc in procs.iter_mut().rev() {
         stop(proc).await;
     }
