@@ -45,7 +45,7 @@ if ! python3 -c 'import grpc, grpc_reflection' 2>/dev/null; then
     python3 -m pip install --quiet --root-user-action=ignore grpcio grpcio-reflection
 fi
 
-features=(--features registryd/etcd)
+features=(--features registryd/etcd --features registryd/xds)
 cargo build --workspace --bins --locked "${features[@]}"
 tests_status=0
 cargo test --workspace --locked --no-fail-fast "${features[@]}" || tests_status=$?

@@ -70,9 +70,28 @@ impl<S: Store> RegistryApi<S> {
         }
     }
 
+    /// The store this serves.
+    #[cfg(feature = "xds")]
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
     /// Who is calling, from the `authorization: Bearer <token>` metadata.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let peer = request.remote_addr().map(|addr| addr.ip());
+        self.authenticate_token(peer, bearer_hash(request)).await
+    }
+
+    /// Who holds a token (the hash of one, or why none was presented),
+    /// counting failures against `peer` like every call's token: a caller
+    /// that presents its token elsewhere than in the `authorization`
+    /// metadata (an xDS client, in its node's metadata) is authenticated
+    /// here too.
+    pub(crate) async fn authenticate_token(
+        &self,
+        peer: Option<IpAddr>,
+        token: Result<TokenHash, Status>,
+    ) -> Result<Principal, Status> {
         if let Some(peer) = peer
             && self
                 .failed_auth
@@ -84,7 +103,7 @@ impl<S: Store> RegistryApi<S> {
                 FAILED_AUTH_WINDOW.as_secs()
             )));
         }
-        let result = self.check_token(request).await;
+        let result = self.check_token(token).await;
         if let (Err(status), Some(peer)) = (&result, peer)
             && status.code() == tonic::Code::Unauthenticated
         {
@@ -98,8 +117,8 @@ impl<S: Store> RegistryApi<S> {
         result
     }
 
-    async fn check_token<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let hash = bearer_hash(request)?;
+    async fn check_token(&self, token: Result<TokenHash, Status>) -> Result<Principal, Status> {
+        let hash = token?;
         if hash == self.admin {
             return Ok(Principal::Admin);
         }
@@ -146,7 +165,7 @@ fn bearer_hash<T>(request: &Request<T>) -> Result<TokenHash, Status> {
 /// (and its name perhaps given to a new service) stops renewing soon, not
 /// when the stream ends; on a named consumer's `Watch` stream (which an idle
 /// watch's progress messages keep flowing), a deleted consumer stops reading.
-struct Recheck<S> {
+pub(crate) struct Recheck<S> {
     store: Arc<S>,
     token: TokenHash,
     /// Whom the token was of when the stream opened; anything else later
@@ -156,7 +175,19 @@ struct Recheck<S> {
 }
 
 impl<S: Store> Recheck<S> {
-    async fn still_valid(&self) -> Result<(), Status> {
+    /// Re-checks `token`, which was `principal`'s when the stream opened.
+    pub(crate) fn new(store: Arc<S>, token: TokenHash, principal: Principal) -> Self {
+        Self {
+            store,
+            token,
+            principal,
+            checked: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Whether the token still grants what it did, looked up at most once
+    /// every [`KEEP_ALIVE_RECHECK`].
+    pub(crate) async fn still_valid(&self) -> Result<(), Status> {
         let now = tokio::time::Instant::now();
         {
             let mut checked = self.checked.lock().expect("recheck lock");
@@ -262,7 +293,7 @@ fn require_writer(principal: &Principal, service: &ServiceName) -> Result<(), St
 }
 
 /// Checks that the caller may read `service`.
-fn require_reader(principal: &Principal, service: &ServiceName) -> Result<(), Status> {
+pub(crate) fn require_reader(principal: &Principal, service: &ServiceName) -> Result<(), Status> {
     match principal {
         Principal::Admin => Ok(()),
         Principal::Granted(grant) if grant.service == *service => Ok(()),
@@ -620,12 +651,11 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
             Principal::Admin => None,
             // Refused by `lease_scope` above; a reader renews nothing.
             Principal::Consumer(consumer) => return Err(read_only(consumer)),
-            Principal::Granted(_) => Some(Arc::new(Recheck {
-                store: self.store.clone(),
-                token: bearer_hash(&request)?,
-                principal: principal.clone(),
-                checked: std::sync::Mutex::new(tokio::time::Instant::now()),
-            })),
+            Principal::Granted(_) => Some(Arc::new(Recheck::new(
+                self.store.clone(),
+                bearer_hash(&request)?,
+                principal.clone(),
+            ))),
         };
         let store = self.store.clone();
         let closing = self.closing.clone();
@@ -740,12 +770,11 @@ impl<S: Store> pb::registry_server::Registry for RegistryApi<S> {
         // watches end then too (a service's tokens go only with the service,
         // whose deletion ends its watches anyway).
         let recheck = match &principal {
-            Principal::Consumer(_) => Some(Arc::new(Recheck {
-                store: self.store.clone(),
-                token: bearer_hash(&request)?,
-                principal: principal.clone(),
-                checked: std::sync::Mutex::new(tokio::time::Instant::now()),
-            })),
+            Principal::Consumer(_) => Some(Arc::new(Recheck::new(
+                self.store.clone(),
+                bearer_hash(&request)?,
+                principal.clone(),
+            ))),
             Principal::Admin | Principal::Granted(_) => None,
         };
         let req = request.into_inner();

@@ -56,9 +56,36 @@ pub struct Cli {
     #[arg(long, default_value = "/market-registry")]
     pub etcd_prefix: String,
 
-    /// TLS for the gRPC listener.
+    /// Also serve xDS on ADDR (e.g. 127.0.0.1:7001): the Aggregated
+    /// Discovery Service, for gRPC clients in any language that dial
+    /// `xds:///SERVICE` with a bootstrap from `registryctl xds-bootstrap`.
+    /// It takes the same TLS (--tls-dir, --mtls) and the same tokens as the
+    /// registry. Off by default; needs a registryd built with the `xds`
+    /// feature.
+    #[arg(long, value_name = "ADDR")]
+    pub xds_listen: Option<SocketAddr>,
+
+    /// The timeout xDS routes give calls of SERVICE instead of the one its
+    /// contract declares (`ratings`: 1 s), e.g. `ratings=3s`; `0s` for none.
+    /// Repeat it for several services. (Python's grpcio ends calls 1 to 2 s
+    /// before such a timeout, grpc/grpc#34547: give it room.)
+    #[arg(long, value_name = "SERVICE=DURATION", value_parser = parse_xds_timeout)]
+    pub xds_timeout: Vec<(crate::model::ServiceName, Duration)>,
+
+    /// TLS for the gRPC listeners (the registry's and xDS's).
     #[command(flatten)]
     pub tls: daemon::TlsArgs,
+}
+
+/// `--xds-timeout SERVICE=DURATION`.
+fn parse_xds_timeout(given: &str) -> Result<(crate::model::ServiceName, Duration), String> {
+    let (service, timeout) = given
+        .split_once('=')
+        .ok_or_else(|| format!("{given:?} is not SERVICE=DURATION (e.g. ratings=3s)"))?;
+    let service = service.parse().map_err(|e| format!("{e}"))?;
+    let timeout = humantime::parse_duration(timeout)
+        .map_err(|e| format!("{timeout:?} is not a duration such as 3s or 500ms: {e}"))?;
+    Ok((service, timeout))
 }
 
 /// `--store`.
@@ -115,6 +142,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr()?;
+    let xds = match cli.xds_listen {
+        Some(at) => Some(xds_listener(at, &cli.xds_timeout).await?),
+        None if !cli.xds_timeout.is_empty() => bail!("--xds-timeout needs --xds-listen"),
+        None => None,
+    };
     let mode = daemon::tls::describe(tls.as_ref());
     tracing::info!(tls = mode, "gRPC TLS: {mode}");
     let config = ServeConfig {
@@ -131,12 +163,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
             tracing::info!(%addr, store = "memory", data_dir = %data_dir.display(), "registryd listening on {addr}");
-            announce(addr, &config);
-            crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
+            serve_store(Arc::new(store), config, listener, xds).await?;
         }
-        StoreKind::Etcd => serve_on_etcd(&cli, config, listener, addr).await?,
+        StoreKind::Etcd => serve_on_etcd(&cli, config, listener, addr, xds).await?,
     }
     tracing::info!("registryd stopped");
+    Ok(())
+}
+
+/// The xDS server's listener, for `--xds-listen`.
+#[cfg(feature = "xds")]
+type XdsListener = crate::xds::XdsServe;
+#[cfg(not(feature = "xds"))]
+type XdsListener = std::convert::Infallible;
+
+#[cfg(feature = "xds")]
+async fn xds_listener(
+    at: SocketAddr,
+    overrides: &[(crate::model::ServiceName, Duration)],
+) -> anyhow::Result<XdsListener> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen for xDS on {at}"))?;
+    let mut timeouts = crate::xds::Timeouts::from_contracts()
+        .context("cannot read the contracts' timeouts for xDS routes")?;
+    for (service, timeout) in overrides {
+        timeouts.set(service, *timeout);
+    }
+    Ok(crate::xds::XdsServe { listener, timeouts })
+}
+
+#[cfg(not(feature = "xds"))]
+#[allow(clippy::unused_async)]
+async fn xds_listener(
+    _: SocketAddr,
+    _: &[(crate::model::ServiceName, Duration)],
+) -> anyhow::Result<XdsListener> {
+    bail!(
+        "this registryd was built without xDS support; build it with `--features registryd/xds` to use --xds-listen"
+    )
+}
+
+/// Serves the registry over `store`, and xDS beside it when asked, once
+/// both listeners are announced.
+async fn serve_store<S: crate::Store>(
+    store: Arc<S>,
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    xds: Option<XdsListener>,
+) -> anyhow::Result<()> {
+    announce("registryd", listener.local_addr()?, &config);
+    match xds {
+        None => crate::serve(store, config, listener, shutting_down()).await?,
+        #[cfg(feature = "xds")]
+        Some(xds) => {
+            let at = xds.listener.local_addr()?;
+            tracing::info!(addr = %at, "registryd serving xDS on {at}");
+            announce("registryd-xds", at, &config);
+            crate::serve_with_xds(store, config, listener, xds, shutting_down()).await?;
+        }
+        #[cfg(not(feature = "xds"))]
+        Some(never) => match never {},
+    }
     Ok(())
 }
 
@@ -146,6 +234,7 @@ async fn serve_on_etcd(
     config: ServeConfig,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    xds: Option<XdsListener>,
 ) -> anyhow::Result<()> {
     let store = crate::store::EtcdStore::connect(crate::store::EtcdStoreConfig {
         endpoints: cli.etcd_endpoints.clone(),
@@ -154,9 +243,7 @@ async fn serve_on_etcd(
     .await
     .with_context(|| format!("cannot reach etcd at {}", cli.etcd_endpoints.join(",")))?;
     tracing::info!(%addr, store = "etcd", endpoints = %cli.etcd_endpoints.join(","), prefix = %cli.etcd_prefix, "registryd listening on {addr}");
-    announce(addr, &config);
-    crate::serve(Arc::new(store), config, listener, shutting_down()).await?;
-    Ok(())
+    serve_store(Arc::new(store), config, listener, xds).await
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -165,21 +252,23 @@ async fn serve_on_etcd(
     _: ServeConfig,
     _: tokio::net::TcpListener,
     _: SocketAddr,
+    _: Option<XdsListener>,
 ) -> anyhow::Result<()> {
     bail!(
         "this registryd was built without etcd support; build it with `--features registryd/etcd` (which needs protoc)"
     )
 }
 
-/// Tells a supervisor, on stdout, where the registry listens.
-fn announce(addr: SocketAddr, config: &ServeConfig) {
+/// Tells a supervisor, on stdout, where `what` (the registry, or its xDS
+/// server) listens.
+fn announce(what: &str, addr: SocketAddr, config: &ServeConfig) {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
     daemon::ready::announce(&daemon::ready::Event::listening(
-        "registryd",
+        what,
         format!("{scheme}://{addr}"),
     ));
 }

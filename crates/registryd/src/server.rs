@@ -49,26 +49,93 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_all(store, config, listener, None, shutdown).await
+}
+
+/// Serves the registry as [`serve`] does, and beside it the xDS server for
+/// proxyless gRPC clients on `xds.listener`, with the same TLS and the same
+/// tokens; both stop when `shutdown` resolves.
+#[cfg(feature = "xds")]
+pub async fn serve_with_xds<S: Store>(
+    store: Arc<S>,
+    config: ServeConfig,
+    listener: TcpListener,
+    xds: crate::xds::XdsServe,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_all(store, config, listener, Some(xds), shutdown).await
+}
+
+#[cfg(feature = "xds")]
+type XdsServe = crate::xds::XdsServe;
+/// Without the `xds` feature there is no xDS server to start.
+#[cfg(not(feature = "xds"))]
+type XdsServe = std::convert::Infallible;
+
+async fn serve_all<S: Store>(
+    store: Arc<S>,
+    config: ServeConfig,
+    listener: TcpListener,
+    xds: Option<XdsServe>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let closing = CancellationToken::new();
-    let api = RegistryApi::new(
+    let api = Arc::new(RegistryApi::new(
         store,
         &config.admin_token,
         config.progress_every,
         closing.clone(),
-    );
+    ));
+
+    // One shutdown stops both listeners.
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        stopping.cancel();
+    });
+    let _abort_signal = AbortOnDrop(signal);
 
     let serving = daemon::Serving {
-        tls: config.tls,
+        tls: config.tls.clone(),
         limits: LIMITS,
         descriptor_sets: &[market_proto::FILE_DESCRIPTOR_SET],
     };
     // A shutdown ends open watch streams: their clients reconnect elsewhere.
-    daemon::serve_grpc(
-        RegistryServer::new(api).max_decoding_message_size(MAX_MESSAGE),
+    let registry = daemon::serve_grpc(
+        RegistryServer::from_arc(api.clone()).max_decoding_message_size(MAX_MESSAGE),
         listener,
         serving,
-        shutdown,
+        stop.clone().cancelled_owned(),
         move || closing.cancel(),
-    )
-    .await
+    );
+    let xds = async move {
+        match xds {
+            None => Ok(()),
+            #[cfg(feature = "xds")]
+            Some(xds) => {
+                crate::xds::serve(
+                    api,
+                    config.progress_every,
+                    config.tls,
+                    xds,
+                    stop.cancelled_owned(),
+                )
+                .await
+            }
+            #[cfg(not(feature = "xds"))]
+            Some(never) => match never {},
+        }
+    };
+    tokio::try_join!(registry, xds)?;
+    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

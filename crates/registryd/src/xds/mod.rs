@@ -1,0 +1,108 @@
+//! xDS for proxyless gRPC clients (gRFC A27): a second listener serving
+//! Envoy's Aggregated Discovery Service, so that a stock gRPC client
+//! (grpc-go, grpc-java, or the C-core under Python's `grpcio`) with
+//! `GRPC_XDS_BOOTSTRAP` set dials `xds:///SERVICE` and balances over the
+//! service's live instances itself.
+//!
+//! - `resources`: a service's Listener, Cluster and ClusterLoadAssignment,
+//!   and the contract timeouts the route carries;
+//! - `cache`: one watch of the registry per service read, its resources
+//!   encoded once per change and shared by every stream;
+//! - `ads`: the state-of-the-world stream: its token, subscriptions,
+//!   versions, nonces, ACKs and NACKs.
+//!
+//! xDS shows instance addresses, as `Resolve` does, to the same tokens: the
+//! client puts its token in its bootstrap's node metadata
+//! (`REGISTRY_TOKEN`), and a service it may not read looks absent.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
+
+use crate::{api::RegistryApi, store::Store};
+
+mod ads;
+mod cache;
+mod resources;
+#[cfg(test)]
+mod tests;
+
+pub use ads::TOKEN_KEY;
+pub use resources::TimeoutsError;
+
+/// The contract timeouts xDS routes carry, by service.
+#[derive(Debug, Clone)]
+pub struct Timeouts(resources::Timeouts);
+
+impl Timeouts {
+    /// The timeouts the contracts declare (`client_policy.timeout`), for
+    /// the registry service named after each contract's package:
+    /// `market.ratings.v1.Ratings`'s 1 s for `ratings`.
+    ///
+    /// # Errors
+    ///
+    /// When the contracts' embedded descriptors do not decode.
+    pub fn from_contracts() -> Result<Self, TimeoutsError> {
+        resources::Timeouts::from_contracts().map(Self)
+    }
+
+    /// Gives `service` the timeout `timeout` instead of its contract's
+    /// (zero: none at all).
+    pub fn set(&mut self, service: &crate::model::ServiceName, timeout: Duration) {
+        self.0.set(service, timeout);
+    }
+}
+
+/// The xDS server's listener and settings.
+#[derive(Debug)]
+pub struct XdsServe {
+    /// Where to serve ADS.
+    pub listener: TcpListener,
+    /// The timeouts routes carry.
+    pub timeouts: Timeouts,
+}
+
+/// The largest DiscoveryRequest accepted, in bytes: a node with its
+/// metadata and client features, and the names of the resources asked for.
+const MAX_MESSAGE: usize = 256 * 1024;
+
+/// How the xDS listener serves: a stream's first response within 30 s (a
+/// stream then runs for as long as its client wants); a client keeps one
+/// stream per server, so one connection holds at most 16; headers at most
+/// 16 KiB; at shutdown the open streams end at once and calls get 5 s.
+const LIMITS: daemon::Limits = daemon::Limits {
+    call_timeout: Duration::from_secs(30),
+    calls_per_connection: 16,
+    max_header_bytes: 16 * 1024,
+    drain: Duration::from_secs(5),
+};
+
+/// Serves ADS for the registry behind `api` on `xds.listener`, until
+/// `shutdown` resolves; then open streams end UNAVAILABLE.
+pub(crate) async fn serve<S: Store>(
+    api: Arc<RegistryApi<S>>,
+    progress_every: Duration,
+    tls: Option<ServerTlsConfig>,
+    xds: XdsServe,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), daemon::ServeError> {
+    let closing = CancellationToken::new();
+    let cache = cache::Cache::new(api.store().clone(), xds.timeouts.0, progress_every);
+    let ads = ads::Ads::new(api, cache, closing.clone());
+    let serving = daemon::Serving {
+        tls,
+        limits: LIMITS,
+        descriptor_sets: &[],
+    };
+    daemon::serve_grpc(
+        AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(MAX_MESSAGE),
+        xds.listener,
+        serving,
+        shutdown,
+        move || closing.cancel(),
+    )
+    .await
+}

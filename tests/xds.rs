@@ -1,0 +1,446 @@
+//! Proxyless gRPC over the registry's xDS server (gRFC A27), on the
+//! embedded store and on a real etcd server: Python's stock `grpcio`
+//! (gRPC's C-core) dials `xds:///ratings` with a bootstrap from
+//! `registryctl xds-bootstrap`, and follows the registry as instances come
+//! and go, with the contract's timeout; and a stream without a token that
+//! may read `ratings` learns nothing of it, as a tonic ADS client built
+//! from `envoy-types` sees.
+//!
+//! registryd must be built with `--features registryd/xds` (tests/run.sh
+//! does).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use envoy_types::pb::{
+    envoy::{
+        config::{core::v3::Node, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener},
+        service::discovery::v3::{
+            DiscoveryRequest, DiscoveryResponse,
+            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        },
+    },
+    google::protobuf::{Struct, Value, value::Kind},
+};
+use prost::Message as _;
+use serde_json::Value as Json;
+use test_support::{Cluster, Signal, StoreKind, socket_addr};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout},
+    sync::mpsc,
+};
+use tonic::Code;
+
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// How long the Python client may take to answer one command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A registry serving xDS, with `ratings` created, and `extra` arguments.
+async fn start(store: StoreKind, extra: &[&str]) -> (Cluster, String) {
+    let mut args = vec!["--xds-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let cluster = Cluster::start_with(store, &args).await;
+    let xds = cluster.registry.proc.listening("registryd-xds").await;
+    (cluster, xds)
+}
+
+/// Writes the bootstrap `registryctl xds-bootstrap` prints for `ratings`.
+async fn bootstrap(cluster: &Cluster, xds: &str, token: &str) -> PathBuf {
+    let addr = socket_addr(xds).to_string();
+    let printed = cluster
+        .registry
+        .ctl(&[
+            "xds-bootstrap",
+            "ratings",
+            "--xds-server",
+            &addr,
+            "--token",
+            token,
+        ])
+        .await;
+    let parsed: Json = serde_json::from_str(&printed).expect("a JSON bootstrap");
+    assert_eq!(parsed["xds_servers"][0]["server_uri"], addr.as_str());
+    assert_eq!(parsed["node"]["metadata"]["REGISTRY_TOKEN"], token);
+    let path = cluster.dir.path().join("xds-bootstrap.json");
+    std::fs::write(&path, printed).expect("write the bootstrap");
+    path
+}
+
+/// `tests/python/xds_client.py`, driven on its stdin.
+struct Python {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: PathBuf,
+}
+
+impl Python {
+    async fn start(bootstrap: &Path, dir: &Path) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/xds_client.py");
+        let stderr = dir.join("xds-client.stderr");
+        let mut command = tokio::process::Command::new("python3");
+        // The bootstrap reaches grpcio through the script alone.
+        command.env_remove("GRPC_XDS_BOOTSTRAP");
+        command.env_remove("GRPC_XDS_BOOTSTRAP_CONFIG");
+        for setting in daemon::SETTINGS_FROM_ENV {
+            command.env_remove(setting);
+        }
+        let mut child = command
+            .arg(script)
+            .arg(bootstrap)
+            .arg("xds:///ratings")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("a file for stderr"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run python3: {e}; install Python 3 and `pip install grpcio`")
+            });
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut python = Self {
+            child,
+            stdin,
+            lines,
+            stderr,
+        };
+        python.line_with("started").await;
+        python
+    }
+
+    /// Sends a command.
+    async fn command(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("the Python client reads its commands");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// The next JSON line that has `key`.
+    async fn line_with(&mut self, key: &str) -> Json {
+        let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            let line = match line {
+                Ok(Ok(Some(line))) => line,
+                Ok(Ok(None)) => panic!(
+                    "the Python client exited ({:?}): {}",
+                    self.child.try_wait(),
+                    self.stderr_tail()
+                ),
+                Ok(Err(e)) => panic!("cannot read the Python client: {e}"),
+                Err(_) => panic!(
+                    "no {key:?} line from the Python client within {COMMAND_TIMEOUT:?}: {}",
+                    self.stderr_tail()
+                ),
+            };
+            eprintln!("[xds_client.py] {line}");
+            let value: Json =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if value.get(key).is_some() {
+                return value;
+            }
+        }
+    }
+
+    /// Runs a command that ends with a summary, and returns it.
+    async fn summary(&mut self, command: &str) -> Json {
+        self.command(command).await;
+        self.line_with("summary").await
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// How many calls each instance answered, in a summary.
+fn served(summary: &Json, instance: &str) -> u64 {
+    summary["served"][instance].as_u64().unwrap_or(0)
+}
+
+/// Python's grpcio ends a call 1 to 2 s before a timeout from its service
+/// config, xDS's included (grpc/grpc#34547): with the ratings contract's
+/// 1 s, every call would fail at once. Calls here get room.
+const PYTHON_ROOM: [&str; 2] = ["--xds-timeout", "ratings=5s"];
+
+async fn python_follows_instances_as_they_come_and_go(store: StoreKind) {
+    let (cluster, xds) = start(store, &PYTHON_ROOM).await;
+    let mut instances = Vec::new();
+    for n in 1..=3 {
+        instances.push(cluster.ratings(n, &[]).await);
+    }
+    let token = cluster
+        .registry
+        .create_consumer("python", &["ratings"])
+        .await;
+    let bootstrap = bootstrap(&cluster, &xds, &token).await;
+    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+
+    let summary = python.summary("calls 30").await;
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    for id in ["ratings-1", "ratings-2", "ratings-3"] {
+        assert!(served(&summary, id) > 0, "{id} got no call: {summary}");
+    }
+
+    // SIGTERM: the instance deregisters first, then drains.
+    let mark = cluster.registry.proc.mark();
+    instances[0].proc.signal(Signal::SIGTERM);
+    cluster
+        .registry
+        .proc
+        .wait_for_line_after(mark, "deregistered ratings-1 at", Duration::from_secs(10))
+        .await;
+    let summary = python.summary("window 2").await;
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    if let Some(last) = summary["last"]["ratings-1"].as_f64() {
+        assert!(
+            last < 1.0,
+            "ratings-1 answered {last} s after it left: {summary}"
+        );
+    }
+    assert!(served(&summary, "ratings-2") > 0 && served(&summary, "ratings-3") > 0);
+
+    // A new instance gets calls within a second of registering.
+    let _fourth = cluster.ratings(4, &[]).await;
+    let summary = python.summary("window 1").await;
+    assert!(
+        served(&summary, "ratings-4") > 0,
+        "ratings-4 got no call within 1 s: {summary}"
+    );
+    python.command("quit").await;
+}
+
+/// One call without a deadline of its own to an instance that answers
+/// after 3 s: its code and how long it took.
+async fn call_without_deadline(store: StoreKind, extra: &[&str]) -> (Json, f64) {
+    let (cluster, xds) = start(store, extra).await;
+    let _slow = cluster.ratings(1, &["--delay", "3s"]).await;
+    let token = cluster
+        .registry
+        .create_consumer("python", &["ratings"])
+        .await;
+    let bootstrap = bootstrap(&cluster, &xds, &token).await;
+    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    python.command("no-deadline").await;
+    let call = python.line_with("elapsed").await;
+    python.command("quit").await;
+    let elapsed = call["elapsed"].as_f64().expect("elapsed");
+    (call, elapsed)
+}
+
+async fn a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer(store: StoreKind) {
+    // The ratings contract's 1 s (the Rust client below checks that the
+    // route carries exactly that) ends the call, never the instance's 3 s.
+    // grpcio ends it early, by 1 to 2 s (grpc/grpc#34547), so only the
+    // upper bound can be checked.
+    let (call, elapsed) = call_without_deadline(store, &[]).await;
+    eprintln!("FIGURE {store:?}: a call with the contract's 1 s timeout ended after {elapsed} s");
+    assert_eq!(call["code"], "DEADLINE_EXCEEDED", "{call}");
+    assert!(elapsed < 1.5, "ended after {elapsed} s: {call}");
+}
+
+// === a Rust ADS client ===
+
+type Responses = tonic::Streaming<DiscoveryResponse>;
+
+/// An ADS stream opened with `token` in the node's metadata (none: no
+/// metadata at all), whose first request asks for `names` of `type_url`.
+async fn ads(
+    xds: &str,
+    token: Option<&str>,
+    type_url: &str,
+    names: &[&str],
+) -> Result<(mpsc::UnboundedSender<DiscoveryRequest>, Responses), tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(xds.to_owned())
+        .await
+        .expect("connect to the xDS server");
+    let metadata = token.map(|token| Struct {
+        fields: [(
+            "REGISTRY_TOKEN".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(token.to_owned())),
+            },
+        )]
+        .into(),
+    });
+    let mut first = request(type_url, names, None);
+    first.node = Some(Node {
+        id: "tests-xds".into(),
+        metadata,
+        ..Default::default()
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(first).expect("queued");
+    let responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, responses))
+}
+
+fn request(type_url: &str, names: &[&str], ack: Option<&DiscoveryResponse>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        version_info: ack.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: ack.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+async fn next(responses: &mut Responses) -> DiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a response in time")
+        .expect("no error")
+        .expect("the stream goes on")
+}
+
+/// The names of the Listeners in a response.
+fn listeners(response: &DiscoveryResponse) -> Vec<String> {
+    assert_eq!(response.type_url, LISTENER);
+    response
+        .resources
+        .iter()
+        .map(|r| Listener::decode(r.value.as_slice()).unwrap().name)
+        .collect()
+}
+
+/// The `max_stream_duration` of the one route of the one Listener.
+fn route_timeout(response: &DiscoveryResponse) -> Option<Duration> {
+    use envoy_types::pb::envoy::{
+        config::route::v3::route::Action,
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        },
+    };
+    let listener = Listener::decode(response.resources[0].value.as_slice()).unwrap();
+    let api = listener.api_listener.unwrap().api_listener.unwrap();
+    let manager = HttpConnectionManager::decode(api.value.as_slice()).unwrap();
+    let Some(RouteSpecifier::RouteConfig(routes)) = manager.route_specifier else {
+        panic!("an inline route");
+    };
+    let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+        panic!("a route action");
+    };
+    let limit = action.max_stream_duration?;
+    let max = limit.max_stream_duration.unwrap();
+    assert_eq!(limit.grpc_timeout_header_max, Some(max));
+    Some(Duration::new(max.seconds as u64, max.nanos as u32))
+}
+
+async fn streams_without_a_token_for_ratings_learn_nothing_of_it(store: StoreKind) {
+    let (cluster, xds) = start(store, &[]).await;
+    let _ratings = cluster.ratings(1, &[]).await;
+    cluster.registry.create_service("reviews").await;
+    let reviews = cluster
+        .registry
+        .create_consumer("reviewer", &["reviews"])
+        .await;
+    let readers = cluster
+        .registry
+        .create_consumer("reader", &["ratings"])
+        .await;
+
+    for (token, says) in [
+        (None, "has no REGISTRY_TOKEN in its metadata"),
+        (Some("con_not-a-token-of-this-registry"), "unknown token"),
+    ] {
+        let refused = match ads(&xds, token, LISTENER, &["ratings"]).await {
+            Err(status) => status,
+            // The refusal may come as the stream's first message.
+            Ok((_tx, mut responses)) => responses
+                .message()
+                .await
+                .expect_err("a stream without a valid token is refused"),
+        };
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "{token:?}: {refused:?}"
+        );
+        assert!(refused.message().contains(says), "{token:?}: {refused:?}");
+    }
+
+    // A token that may read `reviews` but not `ratings`: every type answers
+    // as if `ratings` did not exist, and a change of ratings sends nothing.
+    let (tx, mut responses) = ads(&xds, Some(&reviews), LISTENER, &["ratings"])
+        .await
+        .expect("the stream opens");
+    let lds = next(&mut responses).await;
+    assert!(listeners(&lds).is_empty(), "{lds:?}");
+    tx.send(request(CLUSTER, &["ratings"], None)).unwrap();
+    let cds = next(&mut responses).await;
+    assert_eq!(cds.type_url, CLUSTER);
+    assert!(cds.resources.is_empty(), "{cds:?}");
+    tx.send(request(ENDPOINTS, &["ratings"], None)).unwrap();
+    let _second = cluster.ratings(2, &[]).await;
+    // Requests are answered in order: had the endpoints or the change been
+    // sent, they would come before the answer to this listener request.
+    tx.send(request(LISTENER, &["ratings", "reviews"], Some(&lds)))
+        .unwrap();
+    let lds = next(&mut responses).await;
+    assert_eq!(listeners(&lds), ["reviews"], "{lds:?}");
+
+    // The same requests with a token that may read `ratings`.
+    let (tx, mut responses) = ads(&xds, Some(&readers), LISTENER, &["ratings"])
+        .await
+        .expect("the stream opens");
+    let lds = next(&mut responses).await;
+    assert_eq!(listeners(&lds), ["ratings"]);
+    assert_eq!(
+        route_timeout(&lds),
+        Some(Duration::from_secs(1)),
+        "the contract's"
+    );
+    tx.send(request(ENDPOINTS, &["ratings"], None)).unwrap();
+    let eds = next(&mut responses).await;
+    assert_eq!(eds.type_url, ENDPOINTS);
+    let assignment = ClusterLoadAssignment::decode(eds.resources[0].value.as_slice()).unwrap();
+    assert_eq!(assignment.cluster_name, "ratings");
+    assert_eq!(
+        assignment.endpoints[0].lb_endpoints.len(),
+        2,
+        "{assignment:?}"
+    );
+}
+
+/// Runs each test on both stores: `memory::name` and `etcd::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(test_support::StoreKind::Memory).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(test_support::StoreKind::Etcd).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    python_follows_instances_as_they_come_and_go,
+    a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer,
+    streams_without_a_token_for_ratings_learn_nothing_of_it,
+);
