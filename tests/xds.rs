@@ -171,7 +171,7 @@ fn served(summary: &Json, instance: &str) -> u64 {
 }
 
 /// Python's grpcio ends a call 1 to 2 s before a timeout from its service
-/// config, xDS's included (grpc/grpc#34547): with the ratings contract's
+/// config, xDS's included (grpc/grpc#40633): with the ratings contract's
 /// 1 s, every call would fail at once. Calls here get room.
 const PYTHON_ROOM: [&str; 2] = ["--xds-timeout", "ratings=5s"];
 
@@ -243,7 +243,7 @@ async fn call_without_deadline(store: StoreKind, extra: &[&str]) -> (Json, f64) 
 async fn a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer(store: StoreKind) {
     // The ratings contract's 1 s (the Rust client below checks that the
     // route carries exactly that) ends the call, never the instance's 3 s.
-    // grpcio ends it early, by 1 to 2 s (grpc/grpc#34547), so only the
+    // grpcio ends it early, by 1 to 2 s (grpc/grpc#40633), so only the
     // upper bound can be checked.
     let (call, elapsed) = call_without_deadline(store, &[]).await;
     eprintln!("FIGURE {store:?}: a call with the contract's 1 s timeout ended after {elapsed} s");

@@ -75,7 +75,12 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) registry_listen: SocketAddr,
 
-    /// Put every process on a free port instead of 5000, 7000 and 8001…
+    /// Where the registry serves xDS, for gRPC clients in other languages
+    /// (`xds:///ratings`).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub(crate) xds_listen: SocketAddr,
+
+    /// Put every process on a free port instead of 5000, 7000, 7001 and 8001…
     /// (to run beside something that uses those).
     #[arg(long)]
     pub(crate) any_ports: bool,

@@ -109,7 +109,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         &exe,
         &args,
         data_dir.path(),
-        any(args.registry_listen),
+        [any(args.registry_listen), any(args.xds_listen)],
         any(args.listen),
         &mut procs,
     )
@@ -142,7 +142,7 @@ async fn start_all(
     exe: &PathBuf,
     args: &DemoArgs,
     data_dir: &std::path::Path,
-    registry_listen: SocketAddr,
+    [registry_listen, xds_listen]: [SocketAddr; 2],
     listen: SocketAddr,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<(String, String)> {
@@ -154,6 +154,7 @@ async fn start_all(
     ];
     let mut token = None;
     let mut registry_url = None;
+    let mut xds_usage = None;
     if args.monolith {
         web_args.push("--monolith".to_owned());
     } else {
@@ -169,11 +170,20 @@ async fn start_all(
                 data_dir.display().to_string(),
                 "--admin-token".to_owned(),
                 admin.clone(),
+                "--xds-listen".to_owned(),
+                xds_listen.to_string(),
+                // Python's grpcio fires an xDS route's timeout 1 to 2 s
+                // early (grpc/grpc#40633): with the contract's 1 s every
+                // call of the demo's Python users would fail at once, so
+                // the demo's routes carry none; set a deadline per call.
+                "--xds-timeout".to_owned(),
+                "ratings=0s".to_owned(),
             ],
             Output::Echo,
             "info",
         )?;
         let url = registry.listening("registryd", READY).await?;
+        let xds = registry.listening("registryd-xds", READY).await?;
         rows.push(format!(
             "  {:<18} pid {:<8} {url}",
             "registryd",
@@ -211,6 +221,17 @@ async fn start_all(
         }
         // The shop reads every service with one consumer token.
         let consumer = create_shop_consumer(&registry).await?;
+        // Other languages read ratings over xDS, with the shop's token here.
+        let bootstrap = data_dir.join("xds-bootstrap-ratings.json");
+        let json = registry_client::xds_bootstrap("ratings", &xds, Some(&consumer), None)?;
+        std::fs::write(&bootstrap, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", bootstrap.display()))?;
+        xds_usage = Some(format!(
+            "\nFrom another language, over gRPC's xDS (the registry serves it at {xds}):\n  \
+             GRPC_XDS_BOOTSTRAP={} and dial xds:///ratings, e.g. in Python:\n    \
+             grpc.insecure_channel(\"xds:///ratings\"), with a deadline per call (timeout=1)\n",
+            bootstrap.display()
+        ));
         web_args.extend([
             "--registry".to_owned(),
             url.clone(),
@@ -249,6 +270,9 @@ async fn start_all(
             next = args.instances + 1
         ));
         banner.push_str(&format!("  breakers and cache: http://{addr}/status\n"));
+    }
+    if let Some(usage) = xds_usage {
+        banner.push_str(&usage);
     }
     banner.push_str("\nCtrl-C stops everything.");
     Ok((banner, shop))

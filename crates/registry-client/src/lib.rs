@@ -9,12 +9,16 @@
 //!   of the registry alone never removes an instance from its view.
 //! - [`Registries`] is the set of registry addresses both use, failing over
 //!   between them, and [`connect`] gives a plain authenticated gRPC client.
+//! - [`xds_bootstrap`] writes the bootstrap of a gRPC client in any language
+//!   that reads a service through the registry's xDS server.
 
+mod bootstrap;
 mod connect;
 mod registration;
 mod watch;
 
 pub use crate::{
+    bootstrap::{BootstrapError, xds_bootstrap},
     connect::{BearerToken, ConfigError, Registries, RegistryClient, connect},
     registration::{Registration, RegistrationConfig},
     watch::{Instance, WatchConfig, WatchUpdate, Watcher},

@@ -458,12 +458,13 @@ async fn main() -> anyhow::Result<()> {
             service,
             xds_server,
         } => {
-            let bootstrap = xds_bootstrap(
+            let bootstrap = registry_client::xds_bootstrap(
                 service,
                 xds_server,
                 cli.token.as_deref(),
                 cli.tls_dir.as_deref(),
-            )?;
+            )
+            .context("cannot write the bootstrap")?;
             println!("{}", serde_json::to_string_pretty(&bootstrap)?);
         }
         Command::Deregister {
@@ -492,83 +493,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A gRPC xDS bootstrap (gRFC A27; TLS channel credentials as gRFC A65
-/// gives them) for clients of `service`, reading with `token`.
-fn xds_bootstrap(
-    service: &str,
-    server: &str,
-    token: Option<&str>,
-    tls_dir: Option<&std::path::Path>,
-) -> anyhow::Result<serde_json::Value> {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let token = token.map(str::trim).filter(|t| !t.is_empty()).with_context(|| {
-        format!(
-            "xds-bootstrap needs the token the client reads {service} with: --token TOKEN or REGISTRY_TOKEN (a consumer token that may read {service}; `registryctl create-consumer NAME --services {service}` makes one)"
-        )
-    })?;
-    let (https, address) = match server.split_once("://") {
-        Some(("http", rest)) => (false, rest),
-        Some(("https", rest)) => (true, rest),
-        Some((scheme, _)) => bail!(
-            "--xds-server {server}: the scheme {scheme} is neither http nor https; give HOST:PORT"
-        ),
-        None => (false, server),
-    };
-    let address = address.trim_end_matches('/');
-    if address
-        .rsplit_once(':')
-        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-    {
-        bail!("--xds-server {server} is not HOST:PORT (e.g. 127.0.0.1:7001)");
-    }
-    let credentials = match tls_dir {
-        None if https => bail!(
-            "--xds-server {server} speaks TLS: give --tls-dir DIR with the ca.crt that signed its certificate"
-        ),
-        None => serde_json::json!([{ "type": "insecure" }]),
-        Some(dir) => {
-            let dir = std::fs::canonicalize(dir)
-                .with_context(|| format!("cannot find --tls-dir {}", dir.display()))?;
-            let file = |name: &str| -> anyhow::Result<String> {
-                let path = dir.join(name);
-                if !path.is_file() {
-                    bail!(
-                        "{} is missing; --tls-dir needs tls.crt, tls.key and ca.crt (PEM)",
-                        path.display()
-                    );
-                }
-                path.into_os_string()
-                    .into_string()
-                    .map_err(|p| anyhow::anyhow!("{} is not UTF-8", p.to_string_lossy()))
-            };
-            serde_json::json!([{
-                "type": "tls",
-                "config": {
-                    "ca_certificate_file": file("ca.crt")?,
-                    "certificate_file": file("tls.crt")?,
-                    "private_key_file": file("tls.key")?,
-                },
-            }])
-        }
-    };
-    // gRPC needs a node id; a random suffix tells two clients apart in the
-    // registry's log.
-    let suffix = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    Ok(serde_json::json!({
-        "xds_servers": [{
-            "server_uri": address,
-            "channel_creds": credentials,
-            "server_features": ["xds_v3"],
-        }],
-        "node": {
-            "id": format!("registryctl-{service}-{suffix:016x}"),
-            "metadata": { "REGISTRY_TOKEN": token },
-        },
-    }))
 }
 
 fn print_event(event: Option<Event>, json: bool) -> anyhow::Result<()> {

@@ -68,7 +68,7 @@ pub struct Cli {
     /// The timeout xDS routes give calls of SERVICE instead of the one its
     /// contract declares (`ratings`: 1 s), e.g. `ratings=3s`; `0s` for none.
     /// Repeat it for several services. (Python's grpcio ends calls 1 to 2 s
-    /// before such a timeout, grpc/grpc#34547: give it room.)
+    /// before such a timeout, grpc/grpc#40633: give it room.)
     #[arg(long, value_name = "SERVICE=DURATION", value_parser = parse_xds_timeout)]
     pub xds_timeout: Vec<(crate::model::ServiceName, Duration)>,
 
