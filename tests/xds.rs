@@ -44,7 +44,13 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A registry serving xDS, with `ratings` created, and `extra` arguments.
 async fn start(store: StoreKind, extra: &[&str]) -> (Cluster, String) {
-    let mut args = vec!["--xds-listen", "127.0.0.1:0"];
+    start_on(store, "127.0.0.1:0", extra).await
+}
+
+/// A registry serving xDS on `xds_listen`, with `ratings` created, and
+/// `extra` arguments.
+async fn start_on(store: StoreKind, xds_listen: &str, extra: &[&str]) -> (Cluster, String) {
+    let mut args = vec!["--xds-listen", xds_listen];
     args.extend_from_slice(extra);
     let cluster = Cluster::start_with(store, &args).await;
     let xds = cluster.registry.proc.listening("registryd-xds").await;
@@ -219,6 +225,65 @@ async fn python_follows_instances_as_they_come_and_go(store: StoreKind) {
         served(&summary, "ratings-4") > 0,
         "ratings-4 got no call within 1 s: {summary}"
     );
+    python.command("quit").await;
+}
+
+/// gRPC keeps the last resources it got while its xDS server is away, and
+/// reconnects: the calls go on through a registry restart, and a change
+/// after it reaches the client. The xDS listener keeps its port (a client
+/// dials the address in its bootstrap); the instances renew every second.
+async fn python_keeps_calling_through_a_registry_restart(store: StoreKind) {
+    let listen = format!("127.0.0.1:{}", test_support::free_port());
+    let (mut cluster, xds) = start_on(store, &listen, &PYTHON_ROOM).await;
+    let mut instances = Vec::new();
+    for n in 1..=3 {
+        instances.push(cluster.ratings(n, &["--ttl", "3s"]).await);
+    }
+    let token = cluster
+        .registry
+        .create_consumer("python", &["ratings"])
+        .await;
+    let bootstrap = bootstrap(&cluster, &xds, &token).await;
+    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    let summary = python.summary("calls 12").await;
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+
+    cluster.stop_registry().await;
+    let down = python.summary("window 1").await;
+    assert_eq!(
+        down["errors"],
+        serde_json::json!({}),
+        "calls while the registry is down: {down}"
+    );
+    for id in ["ratings-1", "ratings-2", "ratings-3"] {
+        assert!(
+            served(&down, id) > 0,
+            "{id} got no call while the registry was down: {down}"
+        );
+    }
+
+    cluster.start_registry().await;
+    let again = cluster.registry.proc.listening("registryd-xds").await;
+    assert_eq!(
+        socket_addr(&again),
+        socket_addr(&xds),
+        "the same xDS address"
+    );
+    // The instances register again (the memory store starts empty) or
+    // renew (etcd kept them); a new one joins, and the client hears of it.
+    let _fourth = cluster.ratings(4, &["--ttl", "3s"]).await;
+    let after = python.summary("window 2").await;
+    eprintln!("FIGURE {store:?}: while the registry was down {down}; after its restart {after}");
+    assert!(
+        served(&after, "ratings-4") > 0,
+        "the client reconnected and learnt of ratings-4: {after}"
+    );
+    for id in ["ratings-1", "ratings-2", "ratings-3"] {
+        assert!(
+            served(&after, id) > 0,
+            "{id} got no call after the restart: {after}"
+        );
+    }
     python.command("quit").await;
 }
 
@@ -441,6 +506,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     python_follows_instances_as_they_come_and_go,
+    python_keeps_calling_through_a_registry_restart,
     a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer,
     streams_without_a_token_for_ratings_learn_nothing_of_it,
 );
