@@ -2,9 +2,11 @@
 //! embedded store and on a real etcd server: Python's stock `grpcio`
 //! (gRPC's C-core) dials `xds:///ratings` with a bootstrap from
 //! `registryctl xds-bootstrap`, and follows the registry as instances come
-//! and go, with the contract's timeout; and a stream without a token that
-//! may read `ratings` learns nothing of it, as a tonic ADS client built
-//! from `envoy-types` sees.
+//! and go, with the contract's timeout, retries its calls that an
+//! instance answers UNAVAILABLE on another, and ejects that instance; and a
+//! tonic ADS client built from `envoy-types` sees the contract's policy in
+//! the resources, and that a stream without a token that may read
+//! `ratings` learns nothing of it.
 //!
 //! registryd must be built with `--features registryd/xds` (tests/run.sh
 //! does).
@@ -17,7 +19,10 @@ use std::{
 
 use envoy_types::pb::{
     envoy::{
-        config::{core::v3::Node, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener},
+        config::{
+            cluster::v3::Cluster as XdsCluster, core::v3::Node,
+            endpoint::v3::ClusterLoadAssignment, listener::v3::Listener, route::v3::RouteAction,
+        },
         service::discovery::v3::{
             DiscoveryRequest, DiscoveryResponse,
             aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
@@ -316,6 +321,55 @@ async fn a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer(
     assert!(elapsed < 1.5, "ended after {elapsed} s: {call}");
 }
 
+/// The route's retry policy (one retry on UNAVAILABLE) and the cluster's
+/// outlier detection, in grpcio: with one instance failing every call,
+/// no call fails once both are connected, since each attempt that met it
+/// was retried on the other;
+/// with grpcio's retries turned off some do (so the failing instance was
+/// picked); and once outlier detection has swept (every second) it is
+/// ejected, and no call fails even without retries.
+async fn python_retries_unavailable_on_another_instance_then_ejects_it(store: StoreKind) {
+    let (cluster, xds) = start(store, &PYTHON_ROOM).await;
+    let _healthy = cluster.ratings(1, &[]).await;
+    let _failing = cluster.ratings(2, &["--fail-rate", "1"]).await;
+    let token = cluster
+        .registry
+        .create_consumer("python", &["ratings"])
+        .await;
+    let bootstrap = bootstrap(&cluster, &xds, &token).await;
+    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+
+    // A warm-up, its errors not counted: until both instances are
+    // connected, round robin has only one to pick, and a retry is a new
+    // pick (unlike our client's, which avoids the instance that failed),
+    // so a call that meets the failing instance first may meet it again.
+    python.summary("calls 1").await;
+    python.summary("window 0.1").await;
+    // grpcio retries by default: the xDS route's policy applies. The calls
+    // take a few milliseconds: outlier detection's first sweep, a second
+    // after the channel got its cluster, comes after them.
+    let retried = python.summary("calls 30").await;
+    assert_eq!(retried["errors"], serde_json::json!({}), "{retried}");
+    assert_eq!(served(&retried, "ratings-1"), 30, "{retried}");
+
+    // The same on a new channel without retries: the failing instance is
+    // picked, until outlier detection ejects it.
+    python.command("retries off").await;
+    python.line_with("retries").await;
+    let unretried = python.summary("calls 30").await;
+    let failed = unretried["errors"]["UNAVAILABLE"].as_u64().unwrap_or(0);
+    eprintln!("FIGURE {store:?}: with retries {retried}; without {unretried}");
+    assert!(failed > 0, "ratings-2 was never picked: {unretried}");
+    let _sweep = python.summary("window 1.5").await;
+    let ejected = python.summary("calls 30").await;
+    assert_eq!(
+        ejected["errors"],
+        serde_json::json!({}),
+        "ratings-2 is ejected for the contract's 30 s: {ejected}"
+    );
+    python.command("quit").await;
+}
+
 // === a Rust ADS client ===
 
 type Responses = tonic::Streaming<DiscoveryResponse>;
@@ -383,8 +437,8 @@ fn listeners(response: &DiscoveryResponse) -> Vec<String> {
         .collect()
 }
 
-/// The `max_stream_duration` of the one route of the one Listener.
-fn route_timeout(response: &DiscoveryResponse) -> Option<Duration> {
+/// The action of the one route of the one Listener.
+fn route_action(response: &DiscoveryResponse) -> RouteAction {
     use envoy_types::pb::envoy::{
         config::route::v3::route::Action,
         extensions::filters::network::http_connection_manager::v3::{
@@ -400,7 +454,18 @@ fn route_timeout(response: &DiscoveryResponse) -> Option<Duration> {
     let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
         panic!("a route action");
     };
-    let limit = action.max_stream_duration?;
+    action.clone()
+}
+
+/// The retry policy of the one route: what it retries on, and how often.
+fn route_retries(response: &DiscoveryResponse) -> Option<(String, u32)> {
+    let retry = route_action(response).retry_policy?;
+    Some((retry.retry_on, retry.num_retries?.value))
+}
+
+/// The `max_stream_duration` of the one route of the one Listener.
+fn route_timeout(response: &DiscoveryResponse) -> Option<Duration> {
+    let limit = route_action(response).max_stream_duration?;
     let max = limit.max_stream_duration.unwrap();
     assert_eq!(limit.grpc_timeout_header_max, Some(max));
     Some(Duration::new(max.seconds as u64, max.nanos as u32))
@@ -470,6 +535,25 @@ async fn streams_without_a_token_for_ratings_learn_nothing_of_it(store: StoreKin
         Some(Duration::from_secs(1)),
         "the contract's"
     );
+    assert_eq!(
+        route_retries(&lds),
+        Some(("unavailable".to_owned(), 1)),
+        "the contract's one retry"
+    );
+    tx.send(request(CLUSTER, &["ratings"], None)).unwrap();
+    let cds = next(&mut responses).await;
+    assert_eq!(cds.type_url, CLUSTER);
+    let ratings = XdsCluster::decode(cds.resources[0].value.as_slice()).unwrap();
+    let outliers = ratings
+        .outlier_detection
+        .expect("the contract's breaker as outlier detection");
+    let ejection = outliers.base_ejection_time.unwrap();
+    assert_eq!(
+        (ejection.seconds, ejection.nanos),
+        (30, 0),
+        "the contract's retest_delay"
+    );
+    assert_eq!(outliers.enforcing_failure_percentage.unwrap().value, 100);
     tx.send(request(ENDPOINTS, &["ratings"], None)).unwrap();
     let eds = next(&mut responses).await;
     assert_eq!(eds.type_url, ENDPOINTS);
@@ -507,6 +591,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     python_follows_instances_as_they_come_and_go,
     python_keeps_calling_through_a_registry_restart,
+    python_retries_unavailable_on_another_instance_then_ejects_it,
     a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer,
     streams_without_a_token_for_ratings_learn_nothing_of_it,
 );

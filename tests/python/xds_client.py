@@ -17,6 +17,9 @@ a line on stdout:
                      with, for each instance, when (in seconds from the
                      window's start) it answered last
   no-deadline        one call without a deadline of its own
+  retries on|off     a new channel, with gRPC's retries (on by default in
+                     grpcio: the xDS route's retry policy applies) or with
+                     them off (grpc.enable_retries 0); then {"retries": ...}
   quit               exit
 
 Every call prints {"served_by": ...} or {"code": ..., "details": ...}, with
@@ -91,12 +94,16 @@ def main(argv):
         print(f"cannot import grpc ({error}); {INSTALL}", file=sys.stderr)
         return 2
 
-    channel = grpc.insecure_channel(target)
-    get = channel.unary_unary(
-        "/market.ratings.v1.Ratings/Get",
-        request_serializer=lambda thing: encode_request(thing),
-        response_deserializer=decode_served_by,
-    )
+    def connect(options):
+        channel = grpc.insecure_channel(target, options=options)
+        get = channel.unary_unary(
+            "/market.ratings.v1.Ratings/Get",
+            request_serializer=lambda thing: encode_request(thing),
+            response_deserializer=decode_served_by,
+        )
+        return channel, get
+
+    channel, get = connect([])
     emit({"started": target})
 
     def call(timeout):
@@ -145,6 +152,11 @@ def main(argv):
             summary(command, results, started)
         elif command == "no-deadline":
             call(None)
+        elif command == "retries" and words[1:] in (["on"], ["off"]):
+            channel.close()
+            enable = 1 if words[1] == "on" else 0
+            channel, get = connect([("grpc.enable_retries", enable)])
+            emit({"retries": words[1]})
         else:
             emit({"error": f"unknown command {command!r}"})
     channel.close()

@@ -17,7 +17,7 @@ use std::{
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
-use super::resources::{self, ServiceResources, Timeouts};
+use super::resources::{self, Policies, ServiceResources};
 use crate::{
     model::{Change, Instance, InstanceId, ServiceName},
     store::{Store, StoreError, WatchEvent},
@@ -44,7 +44,8 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// The services being watched for xDS streams.
 pub(crate) struct Cache<S> {
     store: Arc<S>,
-    timeouts: Timeouts,
+    /// The contract policies the listeners and clusters carry.
+    policies: Policies,
     /// How often the store tells an idle watch it is current.
     progress_every: Duration,
     /// Each watched service's channel. A task removes its own entry, under
@@ -56,16 +57,16 @@ pub(crate) struct Cache<S> {
 impl<S> std::fmt::Debug for Cache<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("timeouts", &self.timeouts)
+            .field("policies", &self.policies)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Store> Cache<S> {
-    pub(crate) fn new(store: Arc<S>, timeouts: Timeouts, progress_every: Duration) -> Arc<Self> {
+    pub(crate) fn new(store: Arc<S>, policies: Policies, progress_every: Duration) -> Arc<Self> {
         Arc::new(Self {
             store,
-            timeouts,
+            policies,
             progress_every,
             services: Mutex::new(HashMap::new()),
         })
@@ -105,12 +106,13 @@ impl<S: Store> Cache<S> {
         sender: Arc<watch::Sender<Published>>,
     ) {
         tracing::debug!(%service, "xDS: watching service {service}");
-        // The listener and the cluster depend on the name alone: encoded
-        // once, and the same `Arc` as long as the task runs, so that a
-        // stream sends them again only when they change.
+        // The listener and the cluster depend on the name and its contract
+        // alone: encoded once, and the same `Arc` as long as the task runs,
+        // so that a stream sends them again only when they change.
+        let policy = self.policies.of(&service);
         let mut state = Following {
-            listener: Arc::new(resources::listener(&service, self.timeouts.of(&service))),
-            cluster: Arc::new(resources::cluster(&service)),
+            listener: Arc::new(resources::listener(&service, &policy)),
+            cluster: Arc::new(resources::cluster(&service, &policy)),
             last: None,
         };
         let mut retry = Duration::ZERO;

@@ -5,7 +5,9 @@
 //! service's live instances itself.
 //!
 //! - `resources`: a service's Listener, Cluster and ClusterLoadAssignment,
-//!   and the contract timeouts the route carries;
+//!   and the contract policy they carry as far as gRPC's xDS can (timeout,
+//!   retries, outlier detection for the breaker, least-request or round
+//!   robin);
 //! - `cache`: one watch of the registry per service read, its resources
 //!   encoded once per change and shared by every stream;
 //! - `ads`: the state-of-the-world stream: its token, subscriptions,
@@ -33,26 +35,29 @@ mod tests;
 pub use ads::TOKEN_KEY;
 pub use resources::TimeoutsError;
 
-/// The contract timeouts xDS routes carry, by service.
+/// The contract policies xDS resources carry, by service: each contract's
+/// `client_policy`, with the timeouts `--xds-timeout` overrides (the one
+/// part of a policy that can be overridden, hence the name).
 #[derive(Debug, Clone)]
-pub struct Timeouts(resources::Timeouts);
+pub struct Timeouts(resources::Policies);
 
 impl Timeouts {
-    /// The timeouts the contracts declare (`client_policy.timeout`), for
-    /// the registry service named after each contract's package:
-    /// `market.ratings.v1.Ratings`'s 1 s for `ratings`.
+    /// The policies the contracts declare (`client_policy`), for the
+    /// registry service named after each contract's package:
+    /// `market.ratings.v1.Ratings`'s (1 s timeout, one retry, ...) for
+    /// `ratings`.
     ///
     /// # Errors
     ///
     /// When the contracts' embedded descriptors do not decode.
     pub fn from_contracts() -> Result<Self, TimeoutsError> {
-        resources::Timeouts::from_contracts().map(Self)
+        resources::Policies::from_contracts().map(Self)
     }
 
     /// Gives `service` the timeout `timeout` instead of its contract's
-    /// (zero: none at all).
+    /// (zero: none at all); the rest of its policy stays the contract's.
     pub fn set(&mut self, service: &crate::model::ServiceName, timeout: Duration) {
-        self.0.set(service, timeout);
+        self.0.set_timeout(service, timeout);
     }
 }
 
@@ -61,7 +66,7 @@ impl Timeouts {
 pub struct XdsServe {
     /// Where to serve ADS.
     pub listener: TcpListener,
-    /// The timeouts routes carry.
+    /// The contract policies the resources carry.
     pub timeouts: Timeouts,
 }
 

@@ -10,15 +10,21 @@ use envoy_types::pb::{
             core::v3::{Node, address, config_source::ConfigSourceSpecifier},
             endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
             listener::v3::Listener,
-            route::v3::{route::Action, route_action::ClusterSpecifier},
+            route::v3::{RouteAction, route::Action, route_action::ClusterSpecifier},
         },
-        extensions::filters::network::http_connection_manager::v3::{
-            HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter::ConfigType,
+        extensions::{
+            filters::network::http_connection_manager::v3::{
+                HttpConnectionManager, http_connection_manager::RouteSpecifier,
+                http_filter::ConfigType,
+            },
+            load_balancing_policies::{
+                least_request::v3::LeastRequest, wrr_locality::v3::WrrLocality,
+            },
         },
         service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
     },
     google::{
-        protobuf::{Any, Struct, Value, value::Kind},
+        protobuf::{Any, Struct, UInt32Value, Value, value::Kind},
         rpc,
     },
 };
@@ -31,7 +37,7 @@ use tonic::{Code, Request, Status};
 use super::{
     ads::Ads,
     cache::Cache,
-    resources::{self, CLUSTER, ENDPOINTS, LISTENER, Timeouts},
+    resources::{self, CLUSTER, ENDPOINTS, LISTENER, Policies},
 };
 use crate::{
     RegistryApi,
@@ -55,63 +61,44 @@ fn the_type_urls_are_those_of_the_types_packed() {
 }
 
 #[test]
-fn the_contracts_timeouts_are_those_of_their_policies() {
-    let timeouts = Timeouts::from_contracts().unwrap();
-    let ratings = market_proto::ratings::v1::RATINGS_CLIENT_POLICY.timeout;
-    assert_eq!(ratings, Some(Duration::from_secs(1)));
-    assert_eq!(timeouts.of(&name("ratings")), ratings);
+fn the_contracts_policies_are_those_of_their_options() {
+    let policies = Policies::from_contracts().unwrap();
     assert_eq!(
-        timeouts.of(&name("recommendations")),
-        market_proto::recommendations::v1::RECOMMENDER_CLIENT_POLICY.timeout
+        policies.of(&name("ratings")),
+        market_proto::ratings::v1::RATINGS_CLIENT_POLICY
     );
-    assert_eq!(timeouts.of(&name("orders")), None);
+    assert_eq!(
+        policies.of(&name("recommendations")),
+        market_proto::recommendations::v1::RECOMMENDER_CLIENT_POLICY
+    );
+    let orders = policies.of(&name("orders"));
+    assert_eq!(
+        (orders.timeout, orders.retries, orders.failure_limit),
+        (None, None, None)
+    );
 }
 
 #[test]
-fn a_listener_routes_every_call_to_its_cluster_within_the_timeout() {
-    let any = resources::listener(&name("ratings"), Some(Duration::from_millis(1500)));
-    assert_eq!(any.type_url, LISTENER);
-    let listener: Listener = decode(&any);
-    assert_eq!(listener.name, "ratings");
-    let api = listener.api_listener.unwrap().api_listener.unwrap();
+fn a_timeout_set_replaces_the_contracts_and_nothing_else() {
+    let mut policies = Policies::from_contracts().unwrap();
+    policies.set_timeout(&name("ratings"), Duration::from_secs(5));
+    let ratings = policies.of(&name("ratings"));
+    assert_eq!(ratings.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(ratings.retries, Some(1));
+    assert_eq!(ratings.retest_delay, Some(Duration::from_secs(30)));
+    policies.set_timeout(&name("ratings"), Duration::ZERO);
+    assert_eq!(policies.of(&name("ratings")).timeout, None);
+    policies.set_timeout(&name("orders"), Duration::from_secs(3));
     assert_eq!(
-        api.type_url,
-        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        policies.of(&name("orders")).timeout,
+        Some(Duration::from_secs(3))
     );
-    let manager: HttpConnectionManager = decode(&api);
-    let Some(RouteSpecifier::RouteConfig(routes)) = manager.route_specifier else {
-        panic!("the route is inline");
-    };
-    let [host] = routes.virtual_hosts.as_slice() else {
-        panic!("one virtual host");
-    };
-    assert_eq!(host.domains, ["*"]);
-    let [route] = host.routes.as_slice() else {
-        panic!("one route");
-    };
-    let Some(Action::Route(action)) = &route.action else {
-        panic!("a route action");
-    };
-    assert_eq!(
-        action.cluster_specifier,
-        Some(ClusterSpecifier::Cluster("ratings".into()))
-    );
-    let limit = action.max_stream_duration.unwrap();
-    for d in [limit.max_stream_duration, limit.grpc_timeout_header_max] {
-        let d = d.unwrap();
-        assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
-    }
-    let router = manager.http_filters.last().unwrap();
-    assert_eq!(router.name, "envoy.filters.http.router");
-    let Some(ConfigType::TypedConfig(config)) = &router.config_type else {
-        panic!("the router has a typed config");
-    };
-    assert_eq!(
-        config.type_url,
-        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-    );
+}
 
-    let listener: Listener = decode(&resources::listener(&name("orders"), None));
+/// The one route of a Listener.
+fn route_action(any: &Any) -> RouteAction {
+    assert_eq!(any.type_url, LISTENER);
+    let listener: Listener = decode(any);
     let manager: HttpConnectionManager = decode(
         listener
             .api_listener
@@ -123,18 +110,113 @@ fn a_listener_routes_every_call_to_its_cluster_within_the_timeout() {
     let Some(RouteSpecifier::RouteConfig(routes)) = manager.route_specifier else {
         panic!("the route is inline");
     };
-    let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+    let [host] = routes.virtual_hosts.as_slice() else {
+        panic!("one virtual host");
+    };
+    let [route] = host.routes.as_slice() else {
+        panic!("one route");
+    };
+    let Some(Action::Route(action)) = &route.action else {
         panic!("a route action");
     };
+    action.clone()
+}
+
+fn secs(d: Option<envoy_types::pb::google::protobuf::Duration>) -> (i64, i32) {
+    let d = d.expect("a duration");
+    (d.seconds, d.nanos)
+}
+
+fn value(v: Option<UInt32Value>) -> u32 {
+    v.expect("a value").value
+}
+
+fn contract(service: &str) -> market_proto::ContractPolicy {
+    Policies::from_contracts().unwrap().of(&name(service))
+}
+
+#[test]
+fn a_listener_routes_every_call_to_its_cluster_within_the_timeout() {
+    let mut policy = contract("ratings");
+    policy.timeout = Some(Duration::from_millis(1500));
+    let any = resources::listener(&name("ratings"), &policy);
+    let listener: Listener = decode(&any);
+    assert_eq!(listener.name, "ratings");
+    let api = listener.api_listener.unwrap().api_listener.unwrap();
     assert_eq!(
-        action.max_stream_duration, None,
-        "no timeout without a contract"
+        api.type_url,
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    let manager: HttpConnectionManager = decode(&api);
+    let Some(RouteSpecifier::RouteConfig(routes)) = &manager.route_specifier else {
+        panic!("the route is inline");
+    };
+    assert_eq!(routes.virtual_hosts[0].domains, ["*"]);
+    let action = route_action(&any);
+    assert_eq!(
+        action.cluster_specifier,
+        Some(ClusterSpecifier::Cluster("ratings".into()))
+    );
+    let limit = action.max_stream_duration.unwrap();
+    for d in [limit.max_stream_duration, limit.grpc_timeout_header_max] {
+        assert_eq!(secs(d), (1, 500_000_000));
+    }
+    let router = manager.http_filters.last().unwrap();
+    assert_eq!(router.name, "envoy.filters.http.router");
+    let Some(ConfigType::TypedConfig(config)) = &router.config_type else {
+        panic!("the router has a typed config");
+    };
+    assert_eq!(
+        config.type_url,
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     );
 }
 
 #[test]
-fn a_cluster_takes_its_endpoints_from_ads_round_robin() {
-    let cluster: Cluster = decode(&resources::cluster(&name("ratings")));
+fn the_ratings_route_has_its_timeout_and_one_retry_on_unavailable() {
+    let action = route_action(&resources::listener(&name("ratings"), &contract("ratings")));
+    let limit = action.max_stream_duration.unwrap();
+    assert_eq!(secs(limit.max_stream_duration), (1, 0));
+    assert_eq!(secs(limit.grpc_timeout_header_max), (1, 0));
+    let retry = action.retry_policy.expect("a retry policy");
+    assert_eq!(retry.retry_on, "unavailable");
+    assert_eq!(value(retry.num_retries), 1);
+    let backoff = retry.retry_back_off.unwrap();
+    assert_eq!(secs(backoff.base_interval), (0, 25_000_000));
+    assert_eq!(secs(backoff.max_interval), (0, 250_000_000));
+    assert_eq!(retry.per_try_timeout, None, "gRPC has no per-try timeout");
+}
+
+#[test]
+fn the_recommendations_route_has_its_200_ms_and_one_retry() {
+    let action = route_action(&resources::listener(
+        &name("recommendations"),
+        &contract("recommendations"),
+    ));
+    let limit = action.max_stream_duration.unwrap();
+    assert_eq!(secs(limit.max_stream_duration), (0, 200_000_000));
+    assert_eq!(secs(limit.grpc_timeout_header_max), (0, 200_000_000));
+    let retry = action.retry_policy.expect("a retry policy");
+    assert_eq!(retry.retry_on, "unavailable");
+    assert_eq!(value(retry.num_retries), 1);
+    assert!(action.hedge_policy.is_none(), "gRPC reads no hedge policy");
+}
+
+#[test]
+fn a_route_without_a_contract_has_no_timeout_and_no_retries() {
+    let orders = Policies::default().of(&name("orders"));
+    let action = route_action(&resources::listener(&name("orders"), &orders));
+    assert_eq!(action.max_stream_duration, None);
+    assert_eq!(action.retry_policy, None);
+    let mut none = orders;
+    none.retries = Some(0);
+    let action = route_action(&resources::listener(&name("orders"), &none));
+    assert_eq!(action.retry_policy, None, "gRPC NACKs num_retries 0");
+}
+
+#[test]
+fn a_cluster_takes_its_endpoints_from_ads() {
+    let cluster: Cluster = decode(&resources::cluster(&name("ratings"), &contract("ratings")));
     assert_eq!(cluster.name, "ratings");
     assert_eq!(
         cluster.cluster_discovery_type,
@@ -146,7 +228,126 @@ fn a_cluster_takes_its_endpoints_from_ads_round_robin() {
         source.config_source_specifier,
         Some(ConfigSourceSpecifier::Ads(_))
     ));
-    assert_eq!(cluster.lb_policy, 0, "ROUND_ROBIN");
+    assert_eq!(
+        cluster.lb_policy, 0,
+        "ROUND_ROBIN for clients before gRFC A52"
+    );
+}
+
+/// The endpoint-picking policies of a Cluster, by type, in order, inside
+/// its one `WrrLocality`; and the least-request choice count, if any.
+fn picking(cluster: &Cluster) -> (Vec<String>, Option<u32>) {
+    let top = cluster
+        .load_balancing_policy
+        .as_ref()
+        .expect("a load_balancing_policy");
+    let [policy] = top.policies.as_slice() else {
+        panic!("one locality-picking policy: {top:?}");
+    };
+    let config = policy.typed_extension_config.as_ref().unwrap();
+    let any = config.typed_config.as_ref().unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality"
+    );
+    let wrr: WrrLocality = decode(any);
+    let mut types = Vec::new();
+    let mut choices = None;
+    for policy in wrr.endpoint_picking_policy.unwrap().policies {
+        let any = policy.typed_extension_config.unwrap().typed_config.unwrap();
+        if any.type_url.ends_with(".LeastRequest") {
+            choices = Some(value(decode::<LeastRequest>(&any).choice_count));
+        }
+        types.push(any.type_url);
+    }
+    (types, choices)
+}
+
+const LEAST_REQUEST: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
+const ROUND_ROBIN: &str =
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin";
+
+#[test]
+fn the_ratings_cluster_ejects_at_the_first_failure_for_30_s_and_picks_least_request() {
+    let cluster: Cluster = decode(&resources::cluster(&name("ratings"), &contract("ratings")));
+    assert_eq!(
+        picking(&cluster),
+        (
+            vec![LEAST_REQUEST.to_owned(), ROUND_ROBIN.to_owned()],
+            Some(2)
+        ),
+        "P2C: least-request, else round robin"
+    );
+    let outliers = cluster.outlier_detection.expect("outlier detection");
+    assert_eq!(secs(outliers.interval), (1, 0));
+    assert_eq!(secs(outliers.base_ejection_time), (30, 0), "retest_delay");
+    assert_eq!(secs(outliers.max_ejection_time), (300, 0), "max_open");
+    assert_eq!(value(outliers.max_ejection_percent), 50);
+    assert_eq!(value(outliers.enforcing_success_rate), 0);
+    assert_eq!(value(outliers.enforcing_failure_percentage), 100);
+    assert_eq!(
+        value(outliers.failure_percentage_threshold),
+        0,
+        "failure_limit 1: any failure"
+    );
+    assert_eq!(value(outliers.failure_percentage_minimum_hosts), 1);
+    assert_eq!(value(outliers.failure_percentage_request_volume), 1);
+}
+
+#[test]
+fn the_recommendations_cluster_ejects_after_two_thirds_failed_and_picks_round_robin() {
+    let cluster: Cluster = decode(&resources::cluster(
+        &name("recommendations"),
+        &contract("recommendations"),
+    ));
+    assert_eq!(picking(&cluster), (vec![ROUND_ROBIN.to_owned()], None));
+    let outliers = cluster.outlier_detection.expect("outlier detection");
+    assert_eq!(secs(outliers.interval), (1, 0));
+    assert_eq!(secs(outliers.base_ejection_time), (10, 0), "retest_delay");
+    assert_eq!(secs(outliers.max_ejection_time), (60, 0), "max_open");
+    assert_eq!(value(outliers.max_ejection_percent), 50);
+    assert_eq!(value(outliers.enforcing_success_rate), 0);
+    assert_eq!(value(outliers.enforcing_failure_percentage), 100);
+    assert_eq!(
+        value(outliers.failure_percentage_threshold),
+        66,
+        "failure_limit 3"
+    );
+    assert_eq!(value(outliers.failure_percentage_minimum_hosts), 1);
+    assert_eq!(value(outliers.failure_percentage_request_volume), 3);
+}
+
+#[test]
+fn a_cluster_without_a_breaker_has_no_outlier_detection() {
+    let orders = Policies::default().of(&name("orders"));
+    let cluster: Cluster = decode(&resources::cluster(&name("orders"), &orders));
+    assert_eq!(cluster.outlier_detection, None);
+    assert_eq!(
+        picking(&cluster),
+        (
+            vec![LEAST_REQUEST.to_owned(), ROUND_ROBIN.to_owned()],
+            Some(2)
+        ),
+        "the contracts' default balance is P2C"
+    );
+}
+
+#[test]
+fn the_failure_threshold_leaves_room_for_fewer_than_limit_failures_in_a_row() {
+    let thresholds: Vec<u32> = [0, 1, 2, 3, 4, 10, 1000]
+        .into_iter()
+        .map(resources::failure_threshold)
+        .collect();
+    assert_eq!(thresholds, [0, 0, 50, 66, 75, 90, 99]);
+}
+
+#[test]
+fn a_short_retest_delay_shortens_the_sweep() {
+    let mut policy = contract("ratings");
+    policy.retest_delay = Some(Duration::from_millis(400));
+    let outliers = resources::outlier_detection(&policy).unwrap();
+    assert_eq!(secs(outliers.interval), (0, 400_000_000));
 }
 
 // === the protocol, over a memory store ===
@@ -189,7 +390,7 @@ async fn fixture() -> Fixture {
     }
     let cache = Cache::new(
         store,
-        Timeouts::from_contracts().unwrap(),
+        Policies::from_contracts().unwrap(),
         Duration::from_secs(3600),
     );
     Fixture {
@@ -400,7 +601,7 @@ async fn the_cache_publishes_one_encoding_to_every_subscriber() {
     let f = fixture().await;
     f.register("ratings-1", 8001).await;
     let store = f.api.store().clone();
-    let cache = Cache::new(store, Timeouts::default(), Duration::from_secs(3600));
+    let cache = Cache::new(store, Policies::default(), Duration::from_secs(3600));
     let mut a = cache.subscribe(&name("ratings"));
     let b = cache.subscribe(&name("ratings"));
     let present = a
