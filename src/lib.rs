@@ -45,6 +45,20 @@ pub struct ContractPolicy {
     pub balance: Option<BalanceMode>,
 }
 
+impl ContractPolicy {
+    /// A contract that says nothing: every value left to the client.
+    pub const NONE: Self = Self {
+        timeout: None,
+        deadline: None,
+        retest_delay: None,
+        max_open: None,
+        hedge_after: None,
+        failure_limit: None,
+        retries: None,
+        balance: None,
+    };
+}
+
 /// How a client picks an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalanceMode {

@@ -218,16 +218,9 @@ mod tests {
 
     #[test]
     fn an_empty_contract_is_the_default_policy() {
-        let empty = ContractPolicy {
-            timeout: None,
-            deadline: None,
-            retest_delay: None,
-            max_open: None,
-            hedge_after: None,
-            failure_limit: None,
-            retries: None,
-            balance: None,
-        };
-        assert_eq!(Policy::from_contract(&empty), Policy::default());
+        assert_eq!(
+            Policy::from_contract(&ContractPolicy::NONE),
+            Policy::default()
+        );
     }
 }

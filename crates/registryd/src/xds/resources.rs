@@ -124,18 +124,6 @@ pub(crate) const MAX_EJECTION_PERCENT: u32 = 50;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Policies(HashMap<String, ContractPolicy>);
 
-/// A policy that says nothing: every value left to the client.
-const NO_POLICY: ContractPolicy = ContractPolicy {
-    timeout: None,
-    deadline: None,
-    retest_delay: None,
-    max_open: None,
-    hedge_after: None,
-    failure_limit: None,
-    retries: None,
-    balance: None,
-};
-
 /// Why the contracts' policies could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TimeoutsError {
@@ -196,14 +184,20 @@ impl Policies {
     /// Gives `service` the timeout `timeout` instead of its contract's
     /// (zero: none); the rest of its policy stays the contract's.
     pub(crate) fn set_timeout(&mut self, service: &ServiceName, timeout: Duration) {
-        let policy = self.0.entry(service.to_string()).or_insert(NO_POLICY);
+        let policy = self
+            .0
+            .entry(service.to_string())
+            .or_insert(ContractPolicy::NONE);
         policy.timeout = (!timeout.is_zero()).then_some(timeout);
     }
 
     /// The contract's policy of a service; one that says nothing when its
     /// contract declares none.
     pub(crate) fn of(&self, service: &ServiceName) -> ContractPolicy {
-        self.0.get(service.as_str()).copied().unwrap_or(NO_POLICY)
+        self.0
+            .get(service.as_str())
+            .copied()
+            .unwrap_or(ContractPolicy::NONE)
     }
 }
 
