@@ -1117,29 +1117,7 @@ async fn a_paused_client_cannot_keep_the_registry_from_stopping(store: StoreKind
     ratings.proc.signal(Signal::SIGCONT);
 }
 
-/// Runs each test on both stores: `memory::name` and `etcd::name`.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(test_support::StoreKind::Memory).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(test_support::StoreKind::Etcd).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+test_support::on_both_stores!(
     two_instances_register_resolve_and_serve,
     sigint_removes_an_instance_at_once_and_sigkill_within_its_ttl,
     a_restarted_registry_keeps_its_catalog_and_instances_return,

@@ -93,6 +93,17 @@ struct Python {
 }
 
 impl Python {
+    /// The client of `ratings` through `cluster`'s xDS server at `xds`,
+    /// with a consumer token of its own and `registryctl`'s bootstrap.
+    async fn for_ratings(cluster: &Cluster, xds: &str) -> Self {
+        let token = cluster
+            .registry
+            .create_consumer("python", &["ratings"])
+            .await;
+        let bootstrap = bootstrap(cluster, xds, &token).await;
+        Self::start(&bootstrap, cluster.dir.path()).await
+    }
+
     async fn start(bootstrap: &Path, dir: &Path) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/xds_client.py");
         let stderr = dir.join("xds-client.stderr");
@@ -192,12 +203,7 @@ async fn python_follows_instances_as_they_come_and_go(store: StoreKind) {
     for n in 1..=3 {
         instances.push(cluster.ratings(n, &[]).await);
     }
-    let token = cluster
-        .registry
-        .create_consumer("python", &["ratings"])
-        .await;
-    let bootstrap = bootstrap(&cluster, &xds, &token).await;
-    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    let mut python = Python::for_ratings(&cluster, &xds).await;
 
     let summary = python.summary("calls 30").await;
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
@@ -244,12 +250,7 @@ async fn python_keeps_calling_through_a_registry_restart(store: StoreKind) {
     for n in 1..=3 {
         instances.push(cluster.ratings(n, &["--ttl", "3s"]).await);
     }
-    let token = cluster
-        .registry
-        .create_consumer("python", &["ratings"])
-        .await;
-    let bootstrap = bootstrap(&cluster, &xds, &token).await;
-    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    let mut python = Python::for_ratings(&cluster, &xds).await;
     let summary = python.summary("calls 12").await;
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
 
@@ -297,12 +298,7 @@ async fn python_keeps_calling_through_a_registry_restart(store: StoreKind) {
 async fn call_without_deadline(store: StoreKind, extra: &[&str]) -> (Json, f64) {
     let (cluster, xds) = start(store, extra).await;
     let _slow = cluster.ratings(1, &["--delay", "3s"]).await;
-    let token = cluster
-        .registry
-        .create_consumer("python", &["ratings"])
-        .await;
-    let bootstrap = bootstrap(&cluster, &xds, &token).await;
-    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    let mut python = Python::for_ratings(&cluster, &xds).await;
     python.command("no-deadline").await;
     let call = python.line_with("elapsed").await;
     python.command("quit").await;
@@ -332,12 +328,7 @@ async fn python_retries_unavailable_on_another_instance_then_ejects_it(store: St
     let (cluster, xds) = start(store, &PYTHON_ROOM).await;
     let _healthy = cluster.ratings(1, &[]).await;
     let _failing = cluster.ratings(2, &["--fail-rate", "1"]).await;
-    let token = cluster
-        .registry
-        .create_consumer("python", &["ratings"])
-        .await;
-    let bootstrap = bootstrap(&cluster, &xds, &token).await;
-    let mut python = Python::start(&bootstrap, cluster.dir.path()).await;
+    let mut python = Python::for_ratings(&cluster, &xds).await;
 
     // A warm-up, its errors not counted: until both instances are
     // connected, round robin has only one to pick, and a retry is a new
@@ -566,29 +557,7 @@ async fn streams_without_a_token_for_ratings_learn_nothing_of_it(store: StoreKin
     );
 }
 
-/// Runs each test on both stores: `memory::name` and `etcd::name`.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(test_support::StoreKind::Memory).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(test_support::StoreKind::Etcd).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+test_support::on_both_stores!(
     python_follows_instances_as_they_come_and_go,
     python_keeps_calling_through_a_registry_restart,
     python_retries_unavailable_on_another_instance_then_ejects_it,

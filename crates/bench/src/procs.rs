@@ -61,11 +61,10 @@ pub(crate) fn bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A running process of the benchmark, started through the one supervisor
-/// (`daemon::supervise`), which it derefs to. It is killed when dropped.
+/// (`daemon::supervise`), which it derefs to; its name (`ratings-server #2`)
+/// names it in the report. It is killed when dropped.
 #[derive(Debug)]
 pub(crate) struct Daemon {
-    /// A name for the report, e.g. `ratings-server #2`.
-    pub(crate) name: String,
     child: Child,
 }
 
@@ -96,13 +95,12 @@ impl Daemon {
         } else {
             bin(program)?
         };
-        let name = name.into();
-        let child = Spawn::new(name.clone(), path)
+        let child = Spawn::new(name, path)
             .args(args)
             .log(log_filter(program))
             .keep(KEPT_LINES)
             .spawn()?;
-        Ok(Self { name, child })
+        Ok(Self { child })
     }
 
     /// Stops it with SIGTERM, waiting up to 10 s, then kills it.
@@ -314,7 +312,7 @@ impl Metered {
     /// A daemon.
     pub(crate) fn of(daemon: &Daemon) -> Self {
         Self {
-            name: daemon.name.clone(),
+            name: daemon.name().to_owned(),
             pid: daemon.pid(),
         }
     }

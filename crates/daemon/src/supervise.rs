@@ -335,8 +335,10 @@ impl Child {
 
     /// Its last `n` lines.
     pub fn tail(&self, n: usize) -> String {
-        let lines = self.lines_after(0);
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        let kept = self.output.lock();
+        let skip = kept.lines.len().saturating_sub(n);
+        let tail: Vec<&str> = kept.lines.iter().skip(skip).map(String::as_str).collect();
+        tail.join("\n")
     }
 
     /// Waits for a line containing `needle` printed after `mark`, and

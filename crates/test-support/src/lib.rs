@@ -230,3 +230,27 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("a free port")
 }
+
+/// Runs each named `async fn(StoreKind)` of the calling test file on both
+/// stores, as the tests `memory::NAME` and `etcd::NAME`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::StoreKind::Memory).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::StoreKind::Etcd).await;
+                }
+            )*
+        }
+    };
+}
