@@ -21,8 +21,8 @@ use crate::{
     catalog::{self, CATALOG, Item},
     error::AppError,
     metrics::Metrics,
+    panels::{self, Panel},
     ratings::{Ratings, Shown, human_age},
-    recommendations::{Panel, Recommendations},
     session::{self, Sessions},
 };
 
@@ -33,24 +33,24 @@ pub const MAX_BODY: usize = 4 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     ratings: Arc<Ratings>,
-    recommendations: Recommendations,
+    panels: Arc<[Arc<dyn Panel>]>,
     sessions: Sessions,
     key: Key,
     metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// The state over a ratings source and a recommendations source, with a
+    /// The state over a ratings source and the panels beside it, with a
     /// cookie-signing key.
     pub fn new(
         ratings: Arc<Ratings>,
-        recommendations: Recommendations,
+        panels: Vec<Arc<dyn Panel>>,
         metrics: Arc<Metrics>,
         key: Key,
     ) -> Self {
         Self {
             ratings,
-            recommendations,
+            panels: panels.into(),
             sessions: Sessions::new(Duration::from_secs(3600), 100_000),
             key,
             metrics,
@@ -127,8 +127,8 @@ struct IndexPage {
     message: Option<&'static str>,
     /// The session's CSRF token, for every form.
     csrf: String,
-    /// "You may also like", when the recommendations service answered.
-    recommended: Option<Panel>,
+    /// The panels that answered, as HTML, in page order.
+    panels: Vec<String>,
 }
 
 async fn index(
@@ -155,13 +155,20 @@ async fn index(
         )
     };
     let ids: Vec<&'static str> = catalog::ids().collect();
-    // Recommended for the cart's items, or for the page's when it is empty.
     let bought: Vec<&'static str> = cart.items().map(|item| item.id).collect();
-    let basis = if bought.is_empty() { &ids } else { &bought };
-    // The four ratings and the recommendations, all at once.
-    let (shown, recommended) = tokio::join!(
+    let page = panels::Page {
+        items: &ids,
+        cart: &bought,
+    };
+    // The four ratings and every panel, all at once.
+    let (shown, panels) = tokio::join!(
         state.ratings.for_page(&ids),
-        state.recommendations.for_page(basis, &state.metrics),
+        futures::future::join_all(
+            state
+                .panels
+                .iter()
+                .map(|panel| panel.render(page, &state.metrics))
+        ),
     );
 
     let rated = state.ratings.client().is_some();
@@ -185,7 +192,7 @@ async fn index(
         cart: cart.items().collect(),
         message,
         csrf,
-        recommended,
+        panels: panels.into_iter().flatten().collect(),
     };
     let html = page.render()?;
     state.metrics.page(started.elapsed().as_secs_f64());
@@ -458,9 +465,10 @@ async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError>
             client.policy(),
         ));
     }
-    if let Some(client) = state.recommendations.client() {
+    for panel in state.panels.iter() {
+        let client = panel.client();
         services.push(ServiceSection::new(
-            crate::recommendations::SERVICE,
+            panel.service(),
             client.endpoints(),
             client.absent(),
             client.policy(),

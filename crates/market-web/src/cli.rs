@@ -17,9 +17,9 @@ const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// no ratings. With --registry and a token it finds the ratings instances
 /// through the registry and shows each item's rating, calling them through a
 /// stack that balances, times out, breaks circuits per instance, retries
-/// elsewhere and falls back to the last good rating; and beside them a "You
-/// may also like" panel from the recommendations service, left out when
-/// that service fails.
+/// elsewhere and falls back to the last good rating; and beside them a panel
+/// from each other service the token may read (the recommendations
+/// service's "You may also like"), left out when that service fails.
 #[derive(Debug, Parser)]
 #[command(name = "market-web", version)]
 pub struct Cli {
@@ -31,16 +31,17 @@ pub struct Cli {
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
 
-    /// A token that may read the `ratings` and `recommendations` services:
-    /// a consumer's from `registryctl create-consumer market-web --services
+    /// A token that may read `ratings` and the panels' services: a
+    /// consumer's from `registryctl create-consumer market-web --services
     /// ratings,recommendations`. A token of `ratings` alone (its service or
-    /// consumer token) shows the ratings without the panel.
+    /// consumer token) shows the ratings without the panels.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Leave the recommendations panel out: call only the ratings service.
-    #[arg(long)]
-    pub no_recommendations: bool,
+    /// Leave this panel out (its service's name, e.g. recommendations);
+    /// repeat or separate with commas.
+    #[arg(long, value_name = "SERVICE", value_delimiter = ',', value_parser = parse_panel)]
+    pub no_panel: Vec<&'static str>,
 
     /// Run as the monolith: no ratings, no calls.
     #[arg(long)]
@@ -171,16 +172,28 @@ impl PolicyArgs {
     }
 }
 
-/// Whether the token may read the recommendations service, as far as the
-/// registry says within a second: a token of `ratings` alone, or a registry
-/// without the service, means a shop without the panel (said once, here,
-/// rather than by a watch refused forever). An unreachable registry is no
-/// answer: the panel comes once it is reached.
-async fn may_read_recommendations(registries: &Registries) -> bool {
+/// `--no-panel`: a panel the shop knows.
+fn parse_panel(name: &str) -> Result<&'static str, String> {
+    crate::panels::kind(name)
+        .map(|kind| kind.service)
+        .ok_or_else(|| {
+            format!(
+                "no panel is called {name:?}; the panels are: {}",
+                crate::panels::names()
+            )
+        })
+}
+
+/// Whether the token may read `service`, as far as the registry says within
+/// a second: a token of `ratings` alone, or a registry without the service,
+/// means a shop without its panel (said once, here, rather than by a watch
+/// refused forever). An unreachable registry is no answer: the panel comes
+/// once it is reached.
+async fn may_read(registries: &Registries, service: &str) -> bool {
     use market_proto::registry::v1::ResolveRequest;
     let (mut client, address) = registries.client();
     let request = ResolveRequest {
-        service: crate::recommendations::SERVICE.to_owned(),
+        service: service.to_owned(),
     };
     match tokio::time::timeout(Duration::from_secs(1), client.resolve(request)).await {
         Ok(Err(status))
@@ -191,7 +204,7 @@ async fn may_read_recommendations(registries: &Registries) -> bool {
         {
             tracing::info!(
                 registry = %address,
-                "no recommendations panel: {} (a consumer token for ratings and recommendations shows it)",
+                "no {service} panel: {} (a consumer token for ratings and {service} shows it)",
                 status.message()
             );
             false
@@ -203,7 +216,7 @@ async fn may_read_recommendations(registries: &Registries) -> bool {
 /// Runs `market-web` as the command line says.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
-    let mut recommendations = crate::recommendations::Recommendations::none();
+    let mut panels = Vec::new();
     let client = if cli.monolith || cli.registry.is_empty() {
         tracing::info!("running as the monolith: no ratings");
         None
@@ -217,9 +230,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(tls = mode, "gRPC TLS to the registry and instances: {mode}");
         let registries =
             Registries::with_tls(&cli.registry, token, tls.as_ref().map(daemon::Tls::client))?;
-        if !cli.no_recommendations && may_read_recommendations(&registries).await {
-            recommendations =
-                crate::recommendations::Recommendations::discover(registries.clone())?;
+        for kind in crate::panels::PANELS {
+            if !cli.no_panel.contains(&kind.service) && may_read(&registries, kind.service).await {
+                panels.push((kind.discover)(registries.clone())?);
+            }
         }
         let client = RatingsClient::discover(registries, policy)?;
         // Serve once the registry has listed the instances, so the first page
@@ -237,7 +251,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(client)
     };
-    let state = crate::state_with(client, recommendations, cli.fresh_for);
+    let state = crate::state_with(client, panels, cli.fresh_for);
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;

@@ -7,8 +7,9 @@
 //! - `session`: signed session cookies over an in-memory store;
 //! - [`ratings`]: the page's ratings, asked in parallel through the resilient
 //!   `RatingsClient`, with the last good answers cached (moka);
-//! - [`recommendations`]: the "You may also like" panel, one call per page
-//!   beside the ratings, left out when it fails;
+//! - [`panels`]: the parts of the page other services make (the "You may
+//!   also like" panel of `recommendations`), one call each per page beside
+//!   the ratings, left out when it fails;
 //! - `metrics`: `/metrics`;
 //! - [`app`]: the routes, as a `Router` that tests drive without a socket;
 //! - [`cli`]: the `market-web` command line, shared with the `market` demo.
@@ -19,13 +20,13 @@ pub mod catalog;
 pub mod cli;
 mod error;
 pub mod metrics;
+pub mod panels;
 pub mod ratings;
-pub mod recommendations;
 mod session;
 #[cfg(test)]
 mod tests;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 pub use crate::{
     app::{AppState, app},
@@ -52,16 +53,15 @@ pub const MAX_HEADERS: usize = 64;
 /// How long, at shutdown, requests in flight may take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Builds the app without recommendations: the monolith when `client` is
-/// `None`.
+/// Builds the app without panels: the monolith when `client` is `None`.
 pub fn state(client: Option<ratings_client::RatingsClient>, fresh_for: Duration) -> AppState {
-    state_with(client, recommendations::Recommendations::none(), fresh_for)
+    state_with(client, Vec::new(), fresh_for)
 }
 
-/// Builds the app with `recommendations` beside the ratings.
+/// Builds the app with `panels` beside the ratings.
 pub fn state_with(
     client: Option<ratings_client::RatingsClient>,
-    recommendations: recommendations::Recommendations,
+    panels: Vec<Arc<dyn panels::Panel>>,
     fresh_for: Duration,
 ) -> AppState {
     let mut services: Vec<(&'static str, metrics::Endpoints)> = Vec::new();
@@ -71,17 +71,18 @@ pub fn state_with(
             Box::new(move || client.endpoints()),
         ));
     }
-    if let Some(client) = recommendations.client().cloned() {
+    for panel in &panels {
+        let panel = Arc::clone(panel);
         services.push((
-            recommendations::SERVICE,
-            Box::new(move || client.endpoints()),
+            panel.service(),
+            Box::new(move || panel.client().endpoints()),
         ));
     }
     let metrics = metrics::Metrics::new(services);
     let ratings = ratings::Ratings::new(client, fresh_for, metrics.clone());
     AppState::new(
         ratings,
-        recommendations,
+        panels,
         metrics,
         axum_extra::extract::cookie::Key::generate(),
     )

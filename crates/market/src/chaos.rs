@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    DemoService, SERVICES,
+    Counts, DemoService, SERVICES,
     supervise::{self, Output, Proc, READY, socket_addr},
 };
 
@@ -65,15 +65,11 @@ pub(crate) struct ChaosArgs {
     #[arg(long, default_value = "2s", value_parser = parse_fault_every)]
     fault_every: Duration,
 
-    /// Ratings instances that faults may strike; one more, the base
-    /// instance, is never struck.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
-    instances: u16,
-
-    /// Recommendations instances that faults may strike; one more, the
-    /// base instance, is never struck.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
-    recommenders: u16,
+    /// How many instances of each service faults may strike (each
+    /// service's flag, e.g. --instances for ratings, is added from
+    /// [`SERVICES`]).
+    #[arg(skip)]
+    pub(crate) counts: Counts,
 
     /// The instances' TTL (whole seconds, 1s to 300s): how long a dead one
     /// stays listed at most.
@@ -120,8 +116,8 @@ struct Page {
     status: u16,
     /// Each item's rating as shown, in the order of [`ITEMS`].
     ratings: [Shown; 4],
-    /// Whether it showed the recommendations panel.
-    recommended: bool,
+    /// Whether it showed each panel, in the order of [`panels`].
+    panels: Vec<bool>,
     /// Whether it was due while faults were injected (not in the warm-up).
     faulty: bool,
 }
@@ -161,12 +157,8 @@ struct Summary {
     ratings: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
     /// Pages due after an item's rating was first shown that did not show it.
     missing_after_first_rating: usize,
-    /// Pages that showed the recommendations panel: in the warm-up, under
-    /// faults.
-    recommended_warm_up: usize,
-    recommended_under_faults: usize,
-    /// Warm-up pages without the panel after it had first been shown.
-    warm_up_without_panel_after_first: usize,
+    /// How often each panel was shown.
+    panels: BTreeMap<&'static str, PanelShown>,
     /// Faults injected, by kind.
     faults: BTreeMap<&'static str, usize>,
     events: Vec<Event>,
@@ -187,6 +179,29 @@ struct Summary {
     panics: usize,
     /// The invariants that did not hold; empty when the run passed.
     violations: Vec<String>,
+}
+
+/// How often a panel was shown: in the warm-up, under faults, and warm-up
+/// pages without it after it had first been shown.
+#[derive(Debug, Default, Serialize)]
+struct PanelShown {
+    warm_up: usize,
+    under_faults: usize,
+    warm_up_missing_after_first: usize,
+}
+
+/// The services whose panel the page shows (every one but ratings): a
+/// panel's element has its service's name as its `id`.
+fn panels() -> impl Iterator<Item = &'static str> {
+    SERVICES
+        .iter()
+        .map(DemoService::name)
+        .filter(|name| *name != ratings_server::SERVICE.name)
+}
+
+/// Whether `body` shows `panel`'s panel.
+fn shown_panel(body: &str, panel: &str) -> bool {
+    body.contains(&format!(r#"id="{panel}""#))
 }
 
 /// Latency percentiles, in milliseconds.
@@ -306,11 +321,7 @@ impl Topology {
             let token = supervise::create_service(&registry_api, service)
                 .await?
                 .token;
-            let struck = if service.name() == ratings_server::SERVICE.name {
-                args.instances
-            } else {
-                args.recommenders
-            };
+            let struck = args.counts.of(service);
             let ids = std::iter::once(base(service))
                 .chain((1..=struck).map(|n| format!("{}-{n}", service.name())));
             for id in ids {
@@ -675,7 +686,7 @@ async fn load(
                 latency: start.elapsed().saturating_sub(due),
                 status,
                 ratings: ITEMS.map(|item| shown_in(&body, item)),
-                recommended: body.contains(r#"id="recommendations""#),
+                panels: panels().map(|panel| shown_panel(&body, panel)).collect(),
                 faulty: due >= faults,
             }
         });
@@ -942,24 +953,29 @@ fn summarize(
     // When each item's rating was first on a page: the page's last byte.
     let mut first_shown: [Option<Duration>; 4] = [None; 4];
     let mut missing_after_first = 0;
-    // The panel: when it was first shown, and how often.
-    let (mut first_panel, mut recommended_warm_up, mut recommended_under_faults) = (None, 0, 0);
-    let mut warm_up_without_panel = 0;
+    // Each panel: when it was first shown, and how often.
+    let mut panel_first: Vec<Option<Duration>> = panels().map(|_| None).collect();
+    let mut panels_shown: BTreeMap<&'static str, PanelShown> = panels()
+        .map(|panel| (panel, PanelShown::default()))
+        .collect();
     for page in pages {
         *statuses.entry(page.status).or_default() += 1;
-        match (page.recommended, page.faulty) {
-            (true, faulty) => {
-                *if faulty {
-                    &mut recommended_under_faults
-                } else {
-                    &mut recommended_warm_up
-                } += 1;
-                first_panel.get_or_insert(page.due + page.latency);
+        for ((panel, shown), first) in panels().zip(&page.panels).zip(&mut panel_first) {
+            let counts = panels_shown.entry(panel).or_default();
+            match (*shown, page.faulty) {
+                (true, faulty) => {
+                    *if faulty {
+                        &mut counts.under_faults
+                    } else {
+                        &mut counts.warm_up
+                    } += 1;
+                    first.get_or_insert(page.due + page.latency);
+                }
+                (false, false) if first.is_some_and(|first| page.due > first) => {
+                    counts.warm_up_missing_after_first += 1;
+                }
+                (false, _) => {}
             }
-            (false, false) if first_panel.is_some_and(|first| page.due > first) => {
-                warm_up_without_panel += 1;
-            }
-            (false, _) => {}
         }
         for (i, item) in ITEMS.iter().enumerate() {
             let shown = page.ratings[i];
@@ -1006,19 +1022,22 @@ fn summarize(
             "{missing_after_first} item(s) on pages without a rating after it had been shown"
         ));
     }
-    // The panel may be left out while a fault strikes the recommendations
-    // service, but not in the calm of the warm-up once it was shown, and not
-    // for the whole run: its base instance is never struck.
-    if recommended_warm_up == 0 {
-        violations.push("no page of the warm-up showed the recommendations panel".to_owned());
-    }
-    if warm_up_without_panel > 0 {
-        violations.push(format!(
-            "{warm_up_without_panel} warm-up page(s) without the recommendations panel after it had been shown"
-        ));
-    }
-    if recommended_under_faults == 0 {
-        violations.push("no page under faults showed the recommendations panel".to_owned());
+    // A panel may be left out while a fault strikes its service, but not in
+    // the calm of the warm-up once it was shown, and not for the whole run:
+    // its service's base instance is never struck.
+    for (panel, shown) in &panels_shown {
+        if shown.warm_up == 0 {
+            violations.push(format!("no page of the warm-up showed the {panel} panel"));
+        }
+        if shown.warm_up_missing_after_first > 0 {
+            violations.push(format!(
+                "{} warm-up page(s) without the {panel} panel after it had been shown",
+                shown.warm_up_missing_after_first
+            ));
+        }
+        if shown.under_faults == 0 {
+            violations.push(format!("no page under faults showed the {panel} panel"));
+        }
     }
     if latency.p99 > 1200.0 {
         violations.push(format!("p99 page latency {:.0} ms > 1200 ms", latency.p99));
@@ -1064,9 +1083,7 @@ fn summarize(
         faulty_latency_ms: faulty_latency,
         ratings,
         missing_after_first_rating: missing_after_first,
-        recommended_warm_up,
-        recommended_under_faults,
-        warm_up_without_panel_after_first: warm_up_without_panel,
+        panels: panels_shown,
         faults,
         events,
         web_rss_kib_after_warm_up: rss_after_warm_up,
@@ -1105,10 +1122,12 @@ fn print(summary: &Summary) {
         println!("  {item:<11} {shown:?}");
     }
     let faulty_pages = (summary.duration_s * f64::from(summary.rate)).round();
-    println!(
-        "  recommendations panel: {} warm-up pages, {} of about {faulty_pages} pages under faults",
-        summary.recommended_warm_up, summary.recommended_under_faults
-    );
+    for (panel, shown) in &summary.panels {
+        println!(
+            "  {panel} panel: {} warm-up pages, {} of about {faulty_pages} pages under faults",
+            shown.warm_up, shown.under_faults
+        );
+    }
     println!("  faults: {:?}", summary.faults);
     println!(
         "  market-web RSS: {} KiB after the warm-up, {} KiB at {} s (settled), {} KiB at the end",
@@ -1148,13 +1167,16 @@ mod tests {
 
     #[test]
     fn instances_belong_to_the_service_their_id_names() {
-        assert_eq!(service_of("ratings-base").name(), "ratings");
-        assert_eq!(service_of("ratings-slow-2").name(), "ratings");
-        assert_eq!(service_of("recommendations-1").name(), "recommendations");
-        assert_eq!(
-            base(service_of("recommendations-flaky-3")),
-            "recommendations-base"
-        );
+        for service in &SERVICES {
+            let name = service.name();
+            assert_eq!(service_of(&format!("{name}-base")).name(), name);
+            assert_eq!(service_of(&format!("{name}-slow-2")).name(), name);
+            assert_eq!(service_of(&format!("{name}-1")).name(), name);
+            assert_eq!(
+                base(service_of(&format!("{name}-flaky-3"))),
+                format!("{name}-base")
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! kill an instance, and on Ctrl-C stops it all in order.
 //!
 //! The same binary also runs each daemon (`market registryd …`,
-//! `market ratings-server …`, `market recommendations-server …`,
-//! `market market-web …`), which is how the demo
+//! `market market-web …`, and each service's, `market ratings-server …`,
+//! `market recommendations-server …`), which is how the demo
 //! starts its processes: `cargo run --release --bin market` builds one binary
 //! and everything runs from it.
 //!
@@ -17,11 +17,14 @@
 #![allow(clippy::print_stdout)]
 
 mod chaos;
+mod services;
 mod supervise;
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub(crate) use crate::services::{Counts, DemoService, SERVICES};
 
 /// The Datawire Market, in Rust: a shop calling a ratings microservice
 /// resiliently, with everything it needs started as separate processes.
@@ -35,15 +38,12 @@ struct Cli {
     demo: DemoArgs,
 }
 
-/// Runs one daemon, as its own binary would, or the chaos soak.
+/// Runs one daemon, as its own binary would, or the chaos soak. (Each
+/// service of [`SERVICES`] adds its own subcommand.)
 #[derive(Debug, Subcommand)]
 enum Daemon {
     /// The registry daemon (same options as `registryd`).
     Registryd(registryd::cli::Cli),
-    /// Ratings instances (same options as `ratings-server`).
-    RatingsServer(ratings_server::cli::Cli),
-    /// Recommendations instances (same options as `recommendations-server`).
-    RecommendationsServer(recommendations_server::Cli),
     /// The shop (same options as `market-web`).
     MarketWeb(market_web::cli::Cli),
     /// The demo under random faults for a while, then checks: no 5xx, every
@@ -55,13 +55,10 @@ enum Daemon {
 /// How the demo runs.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct DemoArgs {
-    /// How many ratings instances to start.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
-    pub(crate) instances: u16,
-
-    /// How many recommendations instances to start.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=50))]
-    pub(crate) recommendations: u16,
+    /// How many instances of each service to start (each service's flag,
+    /// e.g. --instances for ratings, is added from [`SERVICES`]).
+    #[arg(skip)]
+    pub(crate) counts: Counts,
 
     /// Start only the monolith: the shop without the registry or ratings.
     #[arg(long)]
@@ -90,67 +87,46 @@ pub(crate) struct DemoArgs {
     pub(crate) policy: market_web::cli::PolicyArgs,
 }
 
-/// A service the demo runs: its instances are `market SUBCOMMAND`.
-pub(crate) struct DemoService {
-    /// How its instances run.
-    pub(crate) service: &'static daemon::Service,
-    /// Its binary, as a subcommand of `market`.
-    pub(crate) subcommand: &'static str,
-    /// How many instances the demo starts.
-    pub(crate) instances: fn(&DemoArgs) -> u16,
-}
-
-impl DemoService {
-    /// Its name in the registry.
-    pub(crate) fn name(&self) -> &'static str {
-        self.service.name
-    }
-}
-
-/// The services the demo runs, in the order it starts them.
-pub(crate) const SERVICES: [DemoService; 2] = [
-    DemoService {
-        service: &ratings_server::SERVICE,
-        subcommand: "ratings-server",
-        instances: |args| args.instances,
-    },
-    DemoService {
-        service: &recommendations_server::SERVICE,
-        subcommand: "recommendations-server",
-        instances: |args| args.recommendations,
-    },
-];
-
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = daemon::instances::parse_adjusted(|command| {
-        SERVICES.iter().fold(command, |command, service| {
-            command.mut_subcommand(service.subcommand, |c| {
-                daemon::instances::with_service_help(c, service.service)
-            })
+    let mut command = services::with_count_args(Cli::command(), 0, 50, |name| {
+        format!("How many {name} instances to start")
+    })
+    .mut_subcommand("chaos", |chaos| {
+        services::with_count_args(chaos, 1, 20, |name| {
+            format!("The {name} instances that faults may strike; one more, the base instance, is never struck")
         })
     });
+    for service in &SERVICES {
+        command = command.subcommand(service.subcommand());
+    }
+    let matches = command.clone().get_matches();
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some((name, matches)) = matches.subcommand()
+        && let Some(service) = DemoService::by_subcommand(name)
+    {
+        daemon::init_logging();
+        return (service.run)(matches, &runtime);
+    }
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
     match cli.daemon {
         Some(Daemon::Registryd(cli)) => {
             daemon::init_logging();
             runtime.block_on(registryd::cli::run(cli))
         }
-        Some(Daemon::RatingsServer(cli)) => {
-            daemon::init_logging();
-            runtime.block_on(ratings_server::cli::run(cli))
-        }
-        Some(Daemon::RecommendationsServer(cli)) => {
-            daemon::init_logging();
-            runtime.block_on(recommendations_server::run(cli))
-        }
         Some(Daemon::MarketWeb(cli)) => {
             daemon::init_logging();
             runtime.block_on(market_web::cli::run(cli))
         }
-        Some(Daemon::Chaos(args)) => {
+        Some(Daemon::Chaos(mut args)) => {
             daemon::init_logging();
+            if let Some(("chaos", matches)) = matches.subcommand() {
+                args.counts = Counts::from_matches(matches);
+            }
             runtime.block_on(chaos::run(args))
         }
-        None => runtime.block_on(supervise::demo(cli.demo)),
+        None => {
+            cli.demo.counts = Counts::from_matches(&matches);
+            runtime.block_on(supervise::demo(cli.demo))
+        }
     }
 }

@@ -195,7 +195,7 @@ async fn start_all(
         for service in &crate::SERVICES {
             // The service's entry (what `dwc create-service ratings` did).
             let created = create_service(&registry, service).await?;
-            for n in 1..=(service.instances)(args) {
+            for n in 1..=args.counts.of(service) {
                 let mut instance_args = vec![
                     service.subcommand.to_owned(),
                     "--instance".to_owned(),
@@ -267,7 +267,7 @@ async fn start_all(
         }
         banner.push_str(&format!(
             "  start another instance:\n    cargo run --release --bin market -- ratings-server --instance {next} --registry {url} --token {token}\n",
-            next = args.instances + 1
+            next = args.counts.of(&crate::SERVICES[0]) + 1
         ));
         banner.push_str(&format!("  breakers and cache: http://{addr}/status\n"));
     }

@@ -6,18 +6,29 @@
 //! the call fails the panel is left out. Nothing is cached, and nothing of
 //! the page waits longer than the contract's deadline for it.
 
+use std::sync::Arc;
+
+use askama::Template;
+use futures::future::BoxFuture;
 use market_proto::recommendations::v1::{
     RECOMMENDER_CLIENT_POLICY, RecommendRequest, Recommendations as Answer,
     recommender_client::RecommenderClient,
 };
 use registry_client::Registries;
-use resilience::{Client, EndpointSnapshot, Policy, PolicyError};
+use resilience::{Client, Policy, PolicyError};
 use tower::ServiceExt as _;
 
+use super::{Observed, Page, Panel, PanelKind};
 use crate::{catalog, metrics::Metrics};
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "recommendations";
+
+/// The panel, for [`super::PANELS`].
+pub const PANEL: PanelKind = PanelKind {
+    service: SERVICE,
+    discover: |registries| Ok(Arc::new(Recommendations::discover(registries)?)),
+};
 
 /// The policy the recommendations contract declares, completed with the
 /// stack's defaults where it says nothing.
@@ -46,65 +57,51 @@ pub struct Suggestion {
 }
 
 /// What the panel shows: the suggestions and who made them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Panel {
+#[derive(Debug, Clone, PartialEq, Eq, Template)]
+#[template(path = "panels/recommendations.html")]
+pub struct Shown {
     /// Best first.
     pub suggestions: Vec<Suggestion>,
     /// The instance that answered.
     pub served_by: String,
 }
 
-/// The page's recommendations source: the client (none for the monolith,
-/// or a shop run without recommendations).
+/// The page's recommendations, through the client of their contract.
 #[derive(Clone)]
 pub struct Recommendations {
-    client: Option<Client<RecommendRequest, Answer>>,
+    client: Client<RecommendRequest, Answer>,
 }
 
 impl std::fmt::Debug for Recommendations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recommendations")
-            .field("policy", &self.client.as_ref().map(Client::policy))
+            .field("policy", self.client.policy())
             .finish()
     }
 }
 
 impl Recommendations {
-    /// No panel, ever.
-    pub fn none() -> Self {
-        Self { client: None }
-    }
-
-    /// A source that finds the instances through the registry. Call it
-    /// inside a Tokio runtime.
+    /// Finds the instances through the registry. Call it inside a Tokio
+    /// runtime.
     pub fn discover(registries: Registries) -> Result<Self, PolicyError> {
         let client = Client::builder(SERVICE, contract_policy()).discover(registries, recommend)?;
-        Ok(Self {
-            client: Some(client),
-        })
+        Ok(Self { client })
     }
 
-    /// The client, when there is one.
-    pub fn client(&self) -> Option<&Client<RecommendRequest, Answer>> {
-        self.client.as_ref()
-    }
-
-    /// The instances listed now, with their breakers.
-    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
-        self.client
-            .as_ref()
-            .map(Client::endpoints)
-            .unwrap_or_default()
-    }
-
-    /// The panel for a page showing `ids`, or `None` when it is left out:
-    /// no client, the call failed, or nothing to recommend.
-    pub async fn for_page(&self, ids: &[&str], metrics: &Metrics) -> Option<Panel> {
-        let client = self.client.clone()?;
-        let request = RecommendRequest {
-            thing_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+    /// What the panel shows for a page showing `page.items` with
+    /// `page.cart` in the cart: suggestions for the cart's items, or for the
+    /// page's when the cart is empty. `None` when the call failed or there
+    /// is nothing to recommend.
+    pub async fn for_page(&self, page: Page<'_>, metrics: &Metrics) -> Option<Shown> {
+        let basis = if page.cart.is_empty() {
+            page.items
+        } else {
+            page.cart
         };
-        let answer = match client.oneshot(request).await {
+        let request = RecommendRequest {
+            thing_ids: basis.iter().map(|id| (*id).to_owned()).collect(),
+        };
+        let answer = match self.client.clone().oneshot(request).await {
             Ok(served) => served.response,
             Err(error) => {
                 tracing::warn!(%error, "no recommendations: {error}");
@@ -119,10 +116,33 @@ impl Recommendations {
             answer.thing_ids.join(",")
         );
         let suggestions: Vec<Suggestion> = answer.thing_ids.into_iter().map(suggestion).collect();
-        (!suggestions.is_empty()).then_some(Panel {
+        (!suggestions.is_empty()).then_some(Shown {
             suggestions,
             served_by: answer.served_by,
         })
+    }
+}
+
+impl Panel for Recommendations {
+    fn service(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn render<'a>(&'a self, page: Page<'a>, metrics: &'a Metrics) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let shown = self.for_page(page, metrics).await?;
+            match shown.render() {
+                Ok(html) => Some(html),
+                Err(error) => {
+                    tracing::error!(%error, "cannot render the recommendations panel");
+                    None
+                }
+            }
+        })
+    }
+
+    fn client(&self) -> &dyn Observed {
+        &self.client
     }
 }
 
