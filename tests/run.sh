@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README gives it and CI runs it.
 #
-# It installs the system packages and Python modules the tests need when they
-# are missing, builds every binary of the workspace (the whole-system tests
+# It installs the system packages, Python and Node modules the tests need when
+# they are missing, builds every binary of the workspace (the whole-system tests
 # start them as real processes), runs every test of every crate, then the
 # benchmark suite's smoke run (`bench --quick`), so that the suite never rots.
 set -euo pipefail
@@ -43,6 +43,15 @@ fi
 # reflection client (tests/python/list_services.py).
 if ! python3 -c 'import grpc, grpc_reflection' 2>/dev/null; then
     python3 -m pip install --quiet --root-user-action=ignore grpcio grpcio-reflection
+fi
+# The xDS suite also calls through Node.js's stock gRPC (tests/node: grpc-js
+# with grpc-js-xds, pinned in its package-lock.json); the modules are installed
+# again when the lock file is newer than what npm last installed. None of them
+# needs an install script.
+need node nodejs
+need npm npm
+if [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
+    (cd tests/node && npm ci --no-audit --no-fund --ignore-scripts)
 fi
 
 features=(--features registryd/etcd --features registryd/xds)

@@ -3,13 +3,16 @@
 //! (gRPC's C-core) dials `xds:///ratings` with a bootstrap from
 //! `registryctl xds-bootstrap`, and follows the registry as instances come
 //! and go, with the contract's timeout, retries its calls that an
-//! instance answers UNAVAILABLE on another, and ejects that instance; and a
+//! instance answers UNAVAILABLE on another, and ejects that instance;
+//! Node.js's stock `@grpc/grpc-js` with `@grpc/grpc-js-xds` does the same
+//! dial, reaches every instance, and ends a call without a deadline after
+//! exactly the contract's timeout (which grpcio cannot); and a
 //! tonic ADS client built from `envoy-types` sees the contract's policy in
 //! the resources, and that a stream without a token that may read
 //! `ratings` learns nothing of it.
 //!
-//! registryd must be built with `--features registryd/xds` (tests/run.sh
-//! does).
+//! registryd must be built with `--features registryd/xds`, and the Node
+//! modules installed in tests/node (`npm ci`); tests/run.sh does both.
 
 use std::{
     path::{Path, PathBuf},
@@ -44,7 +47,7 @@ const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
-/// How long the Python client may take to answer one command.
+/// How long a client program may take to answer one command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A registry serving xDS, with `ratings` created, and `extra` arguments.
@@ -84,31 +87,63 @@ async fn bootstrap(cluster: &Cluster, xds: &str, token: &str) -> PathBuf {
     path
 }
 
-/// `tests/python/xds_client.py`, driven on its stdin.
-struct Python {
+/// The stock gRPC whose xDS support a client program tests.
+#[derive(Clone, Copy, Debug)]
+enum Language {
+    /// `tests/python/xds_client.py`: Python's grpcio.
+    Python,
+    /// `tests/node/xds_client.js`: Node.js's @grpc/grpc-js with
+    /// @grpc/grpc-js-xds.
+    Node,
+}
+
+impl Language {
+    /// The interpreter, the script, and how to install what it needs.
+    fn program(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Python => (
+                "python3",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/xds_client.py"),
+                "install Python 3 and `pip install grpcio`",
+            ),
+            Self::Node => (
+                "node",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/xds_client.js"),
+                "install Node.js and run `npm ci` in tests/node",
+            ),
+        }
+    }
+}
+
+/// A client program of the same line protocol (`tests/python/xds_client.py`
+/// describes it), driven on its stdin: commands in, JSON lines out.
+struct XdsClient {
+    language: Language,
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
     stderr: PathBuf,
 }
 
-impl Python {
-    /// The client of `ratings` through `cluster`'s xDS server at `xds`,
-    /// with a consumer token of its own and `registryctl`'s bootstrap.
-    async fn for_ratings(cluster: &Cluster, xds: &str) -> Self {
+impl XdsClient {
+    /// The client of `ratings` in `language` through `cluster`'s xDS server
+    /// at `xds`, with a consumer token of its own and `registryctl`'s
+    /// bootstrap.
+    async fn for_ratings(language: Language, cluster: &Cluster, xds: &str) -> Self {
+        let consumer = format!("{language:?}").to_lowercase();
         let token = cluster
             .registry
-            .create_consumer("python", &["ratings"])
+            .create_consumer(&consumer, &["ratings"])
             .await;
         let bootstrap = bootstrap(cluster, xds, &token).await;
-        Self::start(&bootstrap, cluster.dir.path()).await
+        Self::start(language, &bootstrap, cluster.dir.path()).await
     }
 
-    async fn start(bootstrap: &Path, dir: &Path) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/xds_client.py");
-        let stderr = dir.join("xds-client.stderr");
-        let mut command = tokio::process::Command::new("python3");
-        // The bootstrap reaches grpcio through the script alone.
+    async fn start(language: Language, bootstrap: &Path, dir: &Path) -> Self {
+        let (program, script, install) = language.program();
+        let stderr = dir.join(format!("xds-client-{language:?}.stderr"));
+        let mut command = tokio::process::Command::new(program);
+        // The bootstrap reaches gRPC through the script alone.
         command.env_remove("GRPC_XDS_BOOTSTRAP");
         command.env_remove("GRPC_XDS_BOOTSTRAP_CONFIG");
         for setting in daemon::SETTINGS_FROM_ENV {
@@ -123,49 +158,50 @@ impl Python {
             .stderr(std::fs::File::create(&stderr).expect("a file for stderr"))
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run python3: {e}; install Python 3 and `pip install grpcio`")
-            });
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; {install}"));
         let stdin = child.stdin.take().expect("stdin");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut python = Self {
+        let mut client = Self {
+            language,
             child,
             stdin,
             lines,
             stderr,
         };
-        python.line_with("started").await;
-        python
+        client.line_with("started").await;
+        client
     }
 
     /// Sends a command.
     async fn command(&mut self, line: &str) {
+        let language = self.language;
         self.stdin
             .write_all(format!("{line}\n").as_bytes())
             .await
-            .expect("the Python client reads its commands");
+            .unwrap_or_else(|e| panic!("the {language:?} client reads no command: {e}"));
         self.stdin.flush().await.expect("flush");
     }
 
     /// The next JSON line that has `key`.
     async fn line_with(&mut self, key: &str) -> Json {
+        let language = self.language;
         let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
             let line = match line {
                 Ok(Ok(Some(line))) => line,
                 Ok(Ok(None)) => panic!(
-                    "the Python client exited ({:?}): {}",
+                    "the {language:?} client exited ({:?}): {}",
                     self.child.try_wait(),
                     self.stderr_tail()
                 ),
-                Ok(Err(e)) => panic!("cannot read the Python client: {e}"),
+                Ok(Err(e)) => panic!("cannot read the {language:?} client: {e}"),
                 Err(_) => panic!(
-                    "no {key:?} line from the Python client within {COMMAND_TIMEOUT:?}: {}",
+                    "no {key:?} line from the {language:?} client within {COMMAND_TIMEOUT:?}: {}",
                     self.stderr_tail()
                 ),
             };
-            eprintln!("[xds_client.py] {line}");
+            eprintln!("[{language:?} xds_client] {line}");
             let value: Json =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             if value.get(key).is_some() {
@@ -203,7 +239,7 @@ async fn python_follows_instances_as_they_come_and_go(store: StoreKind) {
     for n in 1..=3 {
         instances.push(cluster.ratings(n, &[]).await);
     }
-    let mut python = Python::for_ratings(&cluster, &xds).await;
+    let mut python = XdsClient::for_ratings(Language::Python, &cluster, &xds).await;
 
     let summary = python.summary("calls 30").await;
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
@@ -250,7 +286,7 @@ async fn python_keeps_calling_through_a_registry_restart(store: StoreKind) {
     for n in 1..=3 {
         instances.push(cluster.ratings(n, &["--ttl", "3s"]).await);
     }
-    let mut python = Python::for_ratings(&cluster, &xds).await;
+    let mut python = XdsClient::for_ratings(Language::Python, &cluster, &xds).await;
     let summary = python.summary("calls 12").await;
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
 
@@ -293,15 +329,19 @@ async fn python_keeps_calling_through_a_registry_restart(store: StoreKind) {
     python.command("quit").await;
 }
 
-/// One call without a deadline of its own to an instance that answers
-/// after 3 s: its code and how long it took.
-async fn call_without_deadline(store: StoreKind, extra: &[&str]) -> (Json, f64) {
+/// One call in `language` without a deadline of its own to an instance
+/// that answers after 3 s: its code and how long it took.
+async fn call_without_deadline(
+    language: Language,
+    store: StoreKind,
+    extra: &[&str],
+) -> (Json, f64) {
     let (cluster, xds) = start(store, extra).await;
     let _slow = cluster.ratings(1, &["--delay", "3s"]).await;
-    let mut python = Python::for_ratings(&cluster, &xds).await;
-    python.command("no-deadline").await;
-    let call = python.line_with("elapsed").await;
-    python.command("quit").await;
+    let mut client = XdsClient::for_ratings(language, &cluster, &xds).await;
+    client.command("no-deadline").await;
+    let call = client.line_with("elapsed").await;
+    client.command("quit").await;
     let elapsed = call["elapsed"].as_f64().expect("elapsed");
     (call, elapsed)
 }
@@ -311,10 +351,57 @@ async fn a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer(
     // route carries exactly that) ends the call, never the instance's 3 s.
     // grpcio ends it early, by 1 to 2 s (grpc/grpc#40633), so only the
     // upper bound can be checked.
-    let (call, elapsed) = call_without_deadline(store, &[]).await;
+    let (call, elapsed) = call_without_deadline(Language::Python, store, &[]).await;
     eprintln!("FIGURE {store:?}: a call with the contract's 1 s timeout ended after {elapsed} s");
     assert_eq!(call["code"], "DEADLINE_EXCEEDED", "{call}");
     assert!(elapsed < 1.5, "ended after {elapsed} s: {call}");
+}
+
+/// grpc-js-xds applies the route's `max_stream_duration` (gRFC A31) as the
+/// deadline of a call that has none, and ends the call when it runs out:
+/// after the contract's 1 s, not before (as grpcio does) nor at the
+/// instance's 3 s. The Node client connects its channel (the xDS
+/// resolution included) before it reads commands, so the time is the
+/// call's own.
+///
+/// grpc-js also sends that deadline as `grpc-timeout`, which the instance
+/// (tonic) enforces too, at the same instant, and answers as `CANCELLED`
+/// "Timeout expired" (tonic's mapping): on a loaded machine that answer
+/// sometimes reaches the client before its own timer fires, and is the
+/// call's status.
+async fn node_ends_a_call_without_a_deadline_after_the_contracts_timeout(store: StoreKind) {
+    let (call, elapsed) = call_without_deadline(Language::Node, store, &[]).await;
+    eprintln!(
+        "FIGURE {store:?}: a Node call without a deadline, the contract's 1 s timeout, ended {} after {elapsed} s",
+        call["code"]
+    );
+    let by_the_instance = call["code"] == "CANCELLED" && call["details"] == "Timeout expired";
+    assert!(
+        call["code"] == "DEADLINE_EXCEEDED" || by_the_instance,
+        "{call}"
+    );
+    assert!(
+        (0.8..1.6).contains(&elapsed),
+        "ended after {elapsed} s, not about 1 s: {call}"
+    );
+}
+
+/// grpc-js's calls over xDS reach every instance the registry lists, each
+/// answered within the contract's 1 s.
+async fn node_calls_reach_every_instance(store: StoreKind) {
+    let (cluster, xds) = start(store, &[]).await;
+    let mut instances = Vec::new();
+    for n in 1..=3 {
+        instances.push(cluster.ratings(n, &[]).await);
+    }
+    let mut node = XdsClient::for_ratings(Language::Node, &cluster, &xds).await;
+    let summary = node.summary("calls 30").await;
+    eprintln!("FIGURE {store:?}: 30 Node calls over xDS: {summary}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    for id in ["ratings-1", "ratings-2", "ratings-3"] {
+        assert!(served(&summary, id) > 0, "{id} got no call: {summary}");
+    }
+    node.command("quit").await;
 }
 
 /// The route's retry policy (one retry on UNAVAILABLE) and the cluster's
@@ -328,7 +415,7 @@ async fn python_retries_unavailable_on_another_instance_then_ejects_it(store: St
     let (cluster, xds) = start(store, &PYTHON_ROOM).await;
     let _healthy = cluster.ratings(1, &[]).await;
     let _failing = cluster.ratings(2, &["--fail-rate", "1"]).await;
-    let mut python = Python::for_ratings(&cluster, &xds).await;
+    let mut python = XdsClient::for_ratings(Language::Python, &cluster, &xds).await;
 
     // A warm-up, its errors not counted: until both instances are
     // connected, round robin has only one to pick, and a retry is a new
@@ -562,5 +649,7 @@ test_support::on_both_stores!(
     python_keeps_calling_through_a_registry_restart,
     python_retries_unavailable_on_another_instance_then_ejects_it,
     a_call_without_a_deadline_is_ended_by_the_route_before_the_slow_answer,
+    node_ends_a_call_without_a_deadline_after_the_contracts_timeout,
+    node_calls_reach_every_instance,
     streams_without_a_token_for_ratings_learn_nothing_of_it,
 );

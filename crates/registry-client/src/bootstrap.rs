@@ -101,8 +101,12 @@ pub fn xds_bootstrap(
             "channel_creds": credentials,
             "server_features": ["xds_v3"],
         }],
+        // An empty locality: gRPC's bootstrap makes it optional, but Node's
+        // grpc-js-xds refuses a node without one ("locality field missing
+        // in node element").
         "node": {
             "id": format!("{service}-client-{suffix:016x}"),
+            "locality": {},
             "metadata": { "REGISTRY_TOKEN": token },
         },
     }))
@@ -123,6 +127,7 @@ mod tests {
         );
         assert_eq!(bootstrap["xds_servers"][0]["server_features"][0], "xds_v3");
         assert_eq!(bootstrap["node"]["metadata"]["REGISTRY_TOKEN"], "con_x");
+        assert_eq!(bootstrap["node"]["locality"], serde_json::json!({}));
     }
 
     #[test]
