@@ -90,6 +90,10 @@ pub struct InstanceArgs {
     /// registered is then https://.
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    /// How it writes its log lines.
+    #[command(flatten)]
+    pub log: crate::LogArgs,
 }
 
 /// Parses the process's arguments into `C`, a command line that flattens

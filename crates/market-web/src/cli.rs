@@ -62,6 +62,10 @@ pub struct Cli {
     /// gRPC, and always presents its certificate when asked.
     #[command(flatten)]
     pub tls: daemon::TlsArgs,
+
+    /// How it writes its log lines.
+    #[command(flatten)]
+    pub log: daemon::LogArgs,
 }
 
 /// The ratings client's policy; each default comes from the ratings

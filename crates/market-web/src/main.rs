@@ -4,6 +4,7 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    daemon::init_logging();
-    market_web::cli::run(market_web::cli::Cli::parse()).await
+    let cli = market_web::cli::Cli::parse();
+    daemon::init_logging(cli.log.log_format);
+    market_web::cli::run(cli).await
 }

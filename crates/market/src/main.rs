@@ -104,21 +104,25 @@ fn main() -> anyhow::Result<()> {
     if let Some((name, matches)) = matches.subcommand()
         && let Some(service) = DemoService::by_subcommand(name)
     {
-        daemon::init_logging();
+        let format = matches
+            .get_one::<daemon::LogFormat>("log_format")
+            .copied()
+            .unwrap_or_default();
+        daemon::init_logging(format);
         return (service.run)(matches, &runtime);
     }
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
     match cli.daemon {
         Some(Daemon::Registryd(cli)) => {
-            daemon::init_logging();
+            daemon::init_logging(cli.log.log_format);
             runtime.block_on(registryd::cli::run(cli))
         }
         Some(Daemon::MarketWeb(cli)) => {
-            daemon::init_logging();
+            daemon::init_logging(cli.log.log_format);
             runtime.block_on(market_web::cli::run(cli))
         }
         Some(Daemon::Chaos(mut args)) => {
-            daemon::init_logging();
+            daemon::init_logging(daemon::LogFormat::Text);
             if let Some(("chaos", matches)) = matches.subcommand() {
                 args.counts = Counts::from_matches(matches);
             }

@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    daemon::init_logging();
-    let cli = daemon::instances::parse(&ratings_server::SERVICE);
+    let cli: ratings_server::cli::Cli = daemon::instances::parse(&ratings_server::SERVICE);
+    daemon::init_logging(cli.instances.log.log_format);
     ratings_server::cli::run(cli).await
 }

@@ -2,7 +2,8 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    daemon::init_logging();
-    let cli = daemon::instances::parse(&recommendations_server::SERVICE);
+    let cli: recommendations_server::Cli =
+        daemon::instances::parse(&recommendations_server::SERVICE);
+    daemon::init_logging(cli.instances.log.log_format);
     recommendations_server::run(cli).await
 }

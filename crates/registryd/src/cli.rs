@@ -14,6 +14,10 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {
+    /// How it writes its log lines.
+    #[command(flatten)]
+    pub log: daemon::LogArgs,
+
     /// Address to serve gRPC on.
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:7000")]
     pub listen: SocketAddr,

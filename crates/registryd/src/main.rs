@@ -4,6 +4,7 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    daemon::init_logging();
-    registryd::cli::run(registryd::cli::Cli::parse()).await
+    let cli = registryd::cli::Cli::parse();
+    daemon::init_logging(cli.log.log_format);
+    registryd::cli::run(cli).await
 }
