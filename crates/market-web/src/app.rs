@@ -72,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/things", get(api_things))
         .route("/api/things/{id}", get(api_thing))
         .route("/status", get(status))
+        .route("/api/status", get(api_status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/static/{file}", get(asset))
@@ -365,6 +366,7 @@ async fn api_thing(
 
 // === operators ===
 
+#[derive(Serialize)]
 struct InstanceRow {
     /// Whether an instance is registered at the address now; a breaker of an
     /// address that left is kept for when it comes back.
@@ -377,6 +379,9 @@ struct InstanceRow {
     in_flight: u32,
     calls: u64,
     failures: u64,
+    /// Its last minutes, drawn.
+    #[serde(skip)]
+    chart: Option<String>,
 }
 
 impl InstanceRow {
@@ -398,6 +403,7 @@ impl InstanceRow {
             in_flight: breaker.in_flight,
             calls: breaker.calls,
             failures: breaker.failures,
+            chart: None,
         }
     }
 }
@@ -410,6 +416,7 @@ struct CachedRow {
 }
 
 /// One service's instances on the status page.
+#[derive(Serialize)]
 struct ServiceSection {
     name: &'static str,
     summary: String,
@@ -453,9 +460,12 @@ struct StatusPage {
     summary: String,
     services: Vec<ServiceSection>,
     cached: Vec<CachedRow>,
+    /// The page's last minutes, drawn.
+    page_chart: String,
 }
 
-async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError> {
+/// The services' sections, and the page's summary line.
+fn service_sections(state: &AppState) -> (String, Vec<ServiceSection>) {
     let mut services = Vec::new();
     if let Some(client) = state.ratings.client() {
         services.push(ServiceSection::new(
@@ -480,6 +490,21 @@ async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError>
         let names: Vec<&str> = services.iter().map(|s| s.name).collect();
         format!("The shop calls {}.", names.join(" and "))
     };
+    (summary, services)
+}
+
+async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError> {
+    let (summary, mut services) = service_sections(&state);
+    let history = state.metrics.history();
+    for section in &mut services {
+        for row in &mut section.instances {
+            row.chart = history
+                .instances
+                .iter()
+                .find(|h| h.service == section.name && h.address == row.address)
+                .map(crate::svg::instance);
+        }
+    }
     let cached = state
         .ratings
         .cached()
@@ -495,8 +520,20 @@ async fn status(State(state): State<AppState>) -> Result<Html<String>, AppError>
         summary,
         services,
         cached,
+        page_chart: crate::svg::page(&history.page),
     };
     Ok(Html(page.render()?))
+}
+
+/// `/status` as JSON: each service's instances and breakers now, and the
+/// last five minutes in buckets.
+async fn api_status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let (summary, services) = service_sections(&state);
+    Json(serde_json::json!({
+        "summary": summary,
+        "services": services,
+        "history": state.metrics.history(),
+    }))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -10,7 +10,8 @@
 //! - [`panels`]: the parts of the page other services make (the "You may
 //!   also like" panel of `recommendations`), one call each per page beside
 //!   the ratings, left out when it fails;
-//! - `metrics`: `/metrics`;
+//! - `metrics`: `/metrics`, and [`history`], the last five minutes that
+//!   `/status` draws (as SVG, by `svg`) and `/api/status` gives;
 //! - [`app`]: the routes, as a `Router` that tests drive without a socket;
 //! - [`cli`]: the `market-web` command line, shared with the `market` demo.
 
@@ -19,10 +20,12 @@ pub mod cart;
 pub mod catalog;
 pub mod cli;
 mod error;
+pub mod history;
 pub mod metrics;
 pub mod panels;
 pub mod ratings;
 mod session;
+mod svg;
 #[cfg(test)]
 mod tests;
 

@@ -47,7 +47,12 @@ pub struct Metrics {
     pages: Histogram,
     lookups: Family<LookupLabels, Counter>,
     calls: Family<CallLabels, Counter>,
+    services: Instances,
+    history: crate::history::History,
 }
+
+/// Every service's instances, by service.
+type Services = Vec<(&'static str, Endpoints)>;
 
 impl Metrics {
     /// Metrics, with per-instance figures of each service read from its
@@ -72,20 +77,26 @@ impl Metrics {
             "Calls to each service by outcome",
             calls.clone(),
         );
-        if !services.is_empty() {
-            registry.register_collector(Box::new(Instances(services)));
+        let services = Instances(Arc::new(services));
+        if !services.0.is_empty() {
+            registry.register_collector(Box::new(services.clone()));
         }
         Arc::new(Self {
             registry: Mutex::new(registry),
             pages,
             lookups,
             calls,
+            services,
+            history: crate::history::History::new(),
         })
     }
 
     /// Records a page's render time.
     pub fn page(&self, seconds: f64) {
         self.pages.observe(seconds);
+        self.history
+            .page(std::time::Duration::from_secs_f64(seconds));
+        self.sample();
     }
 
     /// Records a cache lookup.
@@ -93,6 +104,29 @@ impl Metrics {
         self.lookups
             .get_or_create(&LookupLabels { cache: lookup })
             .inc();
+        if lookup != Lookup::Miss {
+            self.history.cache_hit();
+        }
+    }
+
+    /// Records a rating served from the cache because asking failed.
+    pub fn fallback(&self) {
+        self.history.fallback();
+    }
+
+    /// Samples the instances into the history, at most once a second.
+    fn sample(&self) {
+        if self.history.sample_due() {
+            for (service, endpoints) in self.services.0.iter() {
+                self.history.sample(service, &endpoints());
+            }
+        }
+    }
+
+    /// The last five minutes of the page and of every instance.
+    pub fn history(&self) -> crate::history::HistoryView {
+        self.sample();
+        self.history.view()
     }
 
     /// Records the outcome of a call to `service`.
@@ -117,7 +151,8 @@ impl Metrics {
 }
 
 /// Per-instance figures from each service's breakers, read at each scrape.
-struct Instances(Vec<(&'static str, Endpoints)>);
+#[derive(Clone)]
+struct Instances(Arc<Services>);
 
 impl std::fmt::Debug for Instances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

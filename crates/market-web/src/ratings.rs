@@ -154,7 +154,10 @@ impl Ratings {
         match self.ask(id).await {
             Some(rating) => Shown::Live(rating),
             None => match cached {
-                Some(cached) => Shown::Cached(cached.rating, cached.fetched_at.elapsed()),
+                Some(cached) => {
+                    self.metrics.fallback();
+                    Shown::Cached(cached.rating, cached.fetched_at.elapsed())
+                }
                 None => Shown::Unknown,
             },
         }

@@ -40,6 +40,7 @@ mod discovery;
 mod endpoint;
 mod error;
 mod hedge;
+mod latency;
 mod policy;
 mod pool;
 mod retry;
@@ -55,6 +56,7 @@ pub use crate::{
     endpoint::{Attempt, EndpointSnapshot, GrpcCall, Served},
     error::{AllServicesDown, BreakerOpen, CallError, DeadlineElapsed, Failed, NoOtherInstance},
     hedge::{Hedge, HedgeLayer},
+    latency::LatencyCounts,
     policy::{Balance, Policy, PolicyError},
     pool::{Instance, Pool},
     retry::RetryPolicy,

@@ -212,6 +212,8 @@ pub struct BreakerSnapshot {
     pub calls: u64,
     /// Failed calls so far.
     pub failures: u64,
+    /// How long the calls so far took, answered or failed.
+    pub latencies: crate::LatencyCounts,
 }
 
 /// The breaker's state machine, shared by every clone of one endpoint's
@@ -247,6 +249,7 @@ struct Stats {
     failures: u64,
     /// Nanoseconds; `None` before the first answer.
     ewma_ns: Option<f64>,
+    latencies: crate::LatencyCounts,
 }
 
 /// Whether a call may go now.
@@ -333,6 +336,7 @@ impl Breaker {
             in_flight: inner.stats.in_flight,
             calls: inner.stats.calls,
             failures: inner.stats.failures,
+            latencies: inner.stats.latencies,
         }
     }
 
@@ -391,6 +395,9 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
+        if outcome != Outcome::Neutral {
+            inner.stats.latencies.record(latency);
+        }
         match outcome {
             Outcome::Success => {
                 let sample = latency.as_nanos() as f64;
