@@ -106,6 +106,7 @@ where
         .timeout(limits.call_timeout)
         .concurrency_limit_per_connection(limits.calls_per_connection)
         .http2_max_header_list_size(limits.max_header_bytes)
+        .layer(crate::telemetry::ServerSpanLayer)
         .add_routes(reflection)
         .add_service(health_service)
         .add_service(service);

@@ -14,12 +14,14 @@ pub mod instances;
 pub mod ready;
 mod reflection;
 pub mod supervise;
+pub mod telemetry;
 pub mod tls;
 
 pub use faults::Faults;
 pub use grpc::{Limits, ServeError, Serving, serve_grpc};
 pub use instances::{InstanceArgs, Service, run_instances};
 pub use reflection::{ReflectionError, reflection_services};
+pub use telemetry::{LogArgs, LogFormat, Telemetry, init_logging};
 pub use tls::{Tls, TlsArgs, TlsError};
 
 /// Every environment variable a binary of this workspace reads a setting
@@ -31,11 +33,12 @@ pub use tls::{Tls, TlsArgs, TlsError};
 /// a TLS one, nor hand it a token it was not meant to have. The market demo,
 /// the test helpers and the benchmark suite all do; `tests/environment.rs`
 /// checks this list against every binary's `--help`.
-pub const SETTINGS_FROM_ENV: [&str; 10] = [
+pub const SETTINGS_FROM_ENV: [&str; 11] = [
     "LOG_FORMAT",
     "MARKET_LISTEN",
     "MARKET_MTLS",
     "MARKET_TLS_DIR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
     "REGISTRY_ADDR",
     "REGISTRY_ADMIN_TOKEN",
     "REGISTRY_DATA_DIR",
@@ -43,55 +46,6 @@ pub const SETTINGS_FROM_ENV: [&str; 10] = [
     "REGISTRY_LISTEN",
     "REGISTRY_TOKEN",
 ];
-
-/// How a binary writes its log lines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// For people: one line per event, its fields after the message.
-    #[default]
-    Text,
-    /// For log pipelines: one JSON object per line, with the time, level,
-    /// target, message and fields, and the spans it happened in.
-    Json,
-}
-
-impl LogFormat {
-    /// The flag that gives this format to a child.
-    pub fn to_arg(self) -> &'static str {
-        match self {
-            Self::Text => "--log-format=text",
-            Self::Json => "--log-format=json",
-        }
-    }
-}
-
-/// `--log-format`, which every daemon takes.
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
-pub struct LogArgs {
-    /// How to write log lines (to stderr): text for people, json for log
-    /// pipelines (one object per line).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
-}
 
 /// Resolves on SIGINT or SIGTERM (only SIGINT where SIGTERM cannot be
 /// watched, which is logged).

@@ -150,6 +150,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// The span of one request: a new trace, or the continuation of the one
+/// its `traceparent` carries (an upstream proxy's). At debug level, so that
+/// only a shop that exports traces (or logs at debug) pays for it.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: "market_web::trace",
+        "request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.method = %request.method(),
+        http.path = %request.uri().path(),
+    );
+    if !span.is_disabled() {
+        span.record(
+            "otel.name",
+            format!("{} {}", request.method(), request.uri().path()),
+        );
+    }
+    daemon::telemetry::server_span(span, request.headers())
+}
+
 /// The app behind the server-wide limits, traced.
 fn limited<B>(
     app: axum::Router,
@@ -173,9 +194,7 @@ where
     tower::ServiceBuilder::new()
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(
-                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::DEBUG),
-                )
+                .make_span_with(request_span)
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                 ),

@@ -5,6 +5,6 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = market_web::cli::Cli::parse();
-    daemon::init_logging(cli.log.log_format);
+    let _telemetry = daemon::init_logging(&cli.log, "market-web");
     market_web::cli::run(cli).await
 }

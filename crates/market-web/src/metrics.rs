@@ -77,6 +77,7 @@ impl Metrics {
             "Calls to each service by outcome",
             calls.clone(),
         );
+        registry.register_collector(Box::new(Spans));
         let services = Instances(Arc::new(services));
         if !services.0.is_empty() {
             registry.register_collector(Box::new(services.clone()));
@@ -147,6 +148,32 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// The spans this process exported and dropped (see `daemon::telemetry`).
+#[derive(Debug)]
+struct Spans;
+
+impl Collector for Spans {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "market_spans_exported",
+                "Spans exported over OTLP",
+                daemon::telemetry::spans_exported(),
+            ),
+            (
+                "market_spans_dropped",
+                "Spans dropped: the export queue was full, or their export failed",
+                daemon::telemetry::spans_dropped(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 

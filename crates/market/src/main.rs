@@ -104,25 +104,25 @@ fn main() -> anyhow::Result<()> {
     if let Some((name, matches)) = matches.subcommand()
         && let Some(service) = DemoService::by_subcommand(name)
     {
-        let format = matches
-            .get_one::<daemon::LogFormat>("log_format")
-            .copied()
-            .unwrap_or_default();
-        daemon::init_logging(format);
+        let log = daemon::LogArgs::from_arg_matches(matches)?;
+        let _runtime = runtime.enter();
+        let _telemetry = daemon::init_logging(&log, service.subcommand);
         return (service.run)(matches, &runtime);
     }
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
     match cli.daemon {
         Some(Daemon::Registryd(cli)) => {
-            daemon::init_logging(cli.log.log_format);
+            let _runtime = runtime.enter();
+            let _telemetry = daemon::init_logging(&cli.log, "registryd");
             runtime.block_on(registryd::cli::run(cli))
         }
         Some(Daemon::MarketWeb(cli)) => {
-            daemon::init_logging(cli.log.log_format);
+            let _runtime = runtime.enter();
+            let _telemetry = daemon::init_logging(&cli.log, "market-web");
             runtime.block_on(market_web::cli::run(cli))
         }
         Some(Daemon::Chaos(mut args)) => {
-            daemon::init_logging(daemon::LogFormat::Text);
+            let _telemetry = daemon::init_logging(&daemon::LogArgs::default(), "market-chaos");
             if let Some(("chaos", matches)) = matches.subcommand() {
                 args.counts = Counts::from_matches(matches);
             }

@@ -3,6 +3,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: ratings_server::cli::Cli = daemon::instances::parse(&ratings_server::SERVICE);
-    daemon::init_logging(cli.instances.log.log_format);
+    let _telemetry = daemon::init_logging(&cli.instances.log, "ratings-server");
     ratings_server::cli::run(cli).await
 }

@@ -4,6 +4,6 @@
 async fn main() -> anyhow::Result<()> {
     let cli: recommendations_server::Cli =
         daemon::instances::parse(&recommendations_server::SERVICE);
-    daemon::init_logging(cli.instances.log.log_format);
+    let _telemetry = daemon::init_logging(&cli.instances.log, "recommendations-server");
     recommendations_server::run(cli).await
 }

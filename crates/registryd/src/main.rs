@@ -5,6 +5,6 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = registryd::cli::Cli::parse();
-    daemon::init_logging(cli.log.log_format);
+    let _telemetry = daemon::init_logging(&cli.log, "registryd");
     registryd::cli::run(cli).await
 }

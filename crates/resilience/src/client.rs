@@ -314,9 +314,20 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        // The call's span: its attempts (a retry, a hedge) are its children.
+        let span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            "call",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            service = %self.shared.pool.service(),
+            outcome = tracing::field::Empty,
+        );
+        let inner = span.in_scope(|| self.stack.call(Attempt::new(request)));
         ResponseFuture {
-            inner: self.stack.call(Attempt::new(request)),
+            inner,
             timeout: self.shared.policy.timeout,
+            span,
         }
     }
 }
@@ -335,6 +346,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: StackFuture<Req, Resp>,
         timeout: Duration,
+        span: tracing::Span,
     }
 }
 
@@ -348,9 +360,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let timeout = *this.timeout;
-        this.inner
-            .poll(cx)
-            .map_err(|error| CallError::from_box(error, timeout))
+        let result = {
+            let _entered = this.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        if !this.span.is_none() {
+            crate::trace::record_outcome(this.span, if result.is_ok() { "ok" } else { "error" });
+        }
+        Poll::Ready(result.map_err(|error| CallError::from_box(error, timeout)))
     }
 }
 

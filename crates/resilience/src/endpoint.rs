@@ -146,6 +146,7 @@ where
         request
             .metadata_mut()
             .insert(GRPC_TIMEOUT, grpc_timeout(left));
+        crate::trace::inject_metadata(request.metadata_mut());
         (self.method)(self.channel.clone(), request).map_ok(into_inner as fn(_) -> _)
     }
 }

@@ -44,6 +44,7 @@ mod latency;
 mod policy;
 mod pool;
 mod retry;
+pub mod trace;
 
 pub use crate::{
     breaker::{
@@ -60,4 +61,5 @@ pub use crate::{
     policy::{Balance, Policy, PolicyError},
     pool::{Instance, Pool},
     retry::RetryPolicy,
+    trace::{TraceContext, TraceContextLayer},
 };

@@ -17,10 +17,12 @@ pub use daemon::supervise::Signal;
 
 mod daemons;
 mod etcd;
+pub mod otlp;
 mod pki;
 
 pub use daemons::{Cluster, Instance, Ratings, Registry, StoreKind, Web};
 pub use etcd::Etcd;
+pub use otlp::{Otlp, ReceivedSpan};
 pub use pki::Pki;
 
 /// How long a test waits for a process to print what it should, by default.

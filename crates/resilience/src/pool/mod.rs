@@ -290,7 +290,19 @@ where
         let label = state.listed[key].clone();
         let position =
             tracing::enabled!(tracing::Level::INFO).then(|| state.listed.range(..key).count() + 1);
-        let future = state.cache.call_ready_index(index, attempt);
+        // The attempt's span: the call's child, the instance's parent (its
+        // context goes out with the request, see `trace`).
+        let span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            "attempt",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            service = %label.service,
+            instance = %label.instance,
+            address = %label.address,
+            outcome = tracing::field::Empty,
+        );
+        let future = span.in_scope(|| state.cache.call_ready_index(index, attempt));
         drop(state);
         if let Some(position) = position {
             tracing::info!(
@@ -300,7 +312,20 @@ where
                 "{} using instance {position}: {}", label.service, label.address
             );
         }
-        Dispatch::Sent(future, label)
+        Dispatch::Sent(future, label, span)
+    }
+
+    /// The span of an attempt that was never sent, ended at once.
+    fn unsent_span(&self, outcome: &'static str) {
+        let span = tracing::debug_span!(
+            target: crate::trace::TARGET,
+            "attempt",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            service = %self.shared.service,
+            outcome = tracing::field::Empty,
+        );
+        crate::trace::record_outcome(&span, outcome);
     }
 }
 
@@ -331,16 +356,24 @@ where
 
     fn call(&mut self, attempt: Attempt<Req>) -> Self::Future {
         let state = match self.dispatch(attempt) {
-            Dispatch::Sent(future, instance) => Flight::Sent { future, instance },
+            Dispatch::Sent(future, instance, span) => Flight::Sent {
+                future,
+                instance,
+                span,
+            },
             Dispatch::Unsent(attempt, Unsent::NotReady) => Flight::Waiting {
                 attempt: Some(attempt),
                 pool: self.clone(),
                 timer: Box::pin(tokio::time::sleep(self.shared.timeout)),
             },
             Dispatch::Unsent(_, Unsent::NoOther) => {
+                self.unsent_span("no-other-instance");
                 Flight::Refused(Some(NoOtherInstance(()).into()))
             }
-            Dispatch::Unsent(_, Unsent::AllDown) => Flight::Refused(Some(self.all_down().into())),
+            Dispatch::Unsent(_, Unsent::AllDown) => {
+                self.unsent_span("breaker-open");
+                Flight::Refused(Some(self.all_down().into()))
+            }
         };
         ResponseFuture { state }
     }
@@ -348,7 +381,7 @@ where
 
 /// How dispatching an attempt ended.
 enum Dispatch<Req, Resp> {
-    Sent(InstanceFuture<Req, Resp>, Arc<EndpointLabel>),
+    Sent(InstanceFuture<Req, Resp>, Arc<EndpointLabel>, tracing::Span),
     Unsent(Attempt<Req>, Unsent),
 }
 
@@ -430,6 +463,8 @@ where
     Sent {
         future: InstanceFuture<Req, Resp>,
         instance: Arc<EndpointLabel>,
+        /// The attempt's span, entered while it is polled.
+        span: tracing::Span,
     },
     /// No instance was ready when the attempt came; it waits for one, for at
     /// most the attempt timeout.
@@ -471,8 +506,19 @@ where
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                Flight::Sent { future, instance } => {
-                    let result = std::task::ready!(Pin::new(future).poll(cx));
+                Flight::Sent {
+                    future,
+                    instance,
+                    span,
+                } => {
+                    let result = {
+                        let _entered = span.enter();
+                        std::task::ready!(Pin::new(future).poll(cx))
+                    };
+                    crate::trace::record_outcome(
+                        span,
+                        crate::trace::outcome(result.as_ref().err()),
+                    );
                     let instance = instance.clone();
                     this.state = Flight::Done;
                     return Poll::Ready(match result {
@@ -488,16 +534,22 @@ where
                     let seen = pool.shared.waiters.epoch();
                     let unsent = attempt.take().expect("a waiting attempt has its request");
                     match pool.dispatch(unsent) {
-                        Dispatch::Sent(future, instance) => {
-                            this.state = Flight::Sent { future, instance };
+                        Dispatch::Sent(future, instance, span) => {
+                            this.state = Flight::Sent {
+                                future,
+                                instance,
+                                span,
+                            };
                         }
                         Dispatch::Unsent(_, Unsent::AllDown) => {
+                            pool.unsent_span("breaker-open");
                             let error = pool.all_down();
                             this.state = Flight::Done;
                             return Poll::Ready(Err(error.into()));
                         }
                         Dispatch::Unsent(unsent, _) => {
                             if timer.as_mut().poll(cx).is_ready() {
+                                pool.unsent_span("timeout");
                                 this.state = Flight::Done;
                                 return Poll::Ready(Err(
                                     tower::timeout::error::Elapsed::new().into()
@@ -526,12 +578,21 @@ where
     Resp: Send + 'static,
 {
     fn drop(&mut self) {
-        if let Flight::Sent { future, .. } = std::mem::replace(&mut self.state, Flight::Done)
+        if let Flight::Sent { future, span, .. } = std::mem::replace(&mut self.state, Flight::Done)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                let _ = future.await;
-            });
+            use tracing::Instrument as _;
+            let record = span.clone();
+            runtime.spawn(
+                async move {
+                    let result = future.await;
+                    crate::trace::record_outcome(
+                        &record,
+                        crate::trace::outcome(result.as_ref().err()),
+                    );
+                }
+                .instrument(span),
+            );
         }
     }
 }

@@ -1,0 +1,446 @@
+//! Logs and traces, the same way in every daemon.
+//!
+//! - Logs go to stderr, filtered by `RUST_LOG` (default `info`): text for
+//!   people, or with `--log-format json` one JSON object per line, with the
+//!   time, level, target, the daemon's name, the message and fields, the
+//!   spans it happened in and, when traces are on, the trace and span ids.
+//! - Traces are off by default. `--otlp-endpoint URL` (or the standard
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT`) exports spans over OTLP/gRPC, batched
+//!   and bounded: a request never waits for the collector, and a span that
+//!   cannot go (the queue is full, or its batch failed) is dropped and
+//!   counted ([`spans_dropped`]). `OTEL_SERVICE_NAME` and
+//!   `OTEL_RESOURCE_ATTRIBUTES` name the process as usual. With traces on,
+//!   W3C trace context (`traceparent`, `tracestate`) is read from every
+//!   request served ([`ServerSpanLayer`], [`server_span`]) and written into
+//!   every call the client stack makes.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use opentelemetry::{propagation::Extractor, trace::TraceContextExt as _};
+use tower::{Layer, Service};
+use tracing::{Instrument as _, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{
+    Layer as _,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::SubscriberExt as _,
+    registry::LookupSpan,
+    util::SubscriberInitExt as _,
+};
+
+/// The target of the servers' spans.
+pub const TARGET: &str = "daemon::trace";
+
+/// How a binary writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line per event, its fields after the message.
+    #[default]
+    Text,
+    /// For log pipelines: one JSON object per line, with the time, level,
+    /// target, message and fields, the spans it happened in, and the trace
+    /// and span ids when traces are on.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag that gives this format to a child.
+    pub fn to_arg(self) -> &'static str {
+        match self {
+            Self::Text => "--log-format=text",
+            Self::Json => "--log-format=json",
+        }
+    }
+}
+
+/// `--log-format` and `--otlp-endpoint`, which every daemon takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// How to write log lines (to stderr): text for people, json for log
+    /// pipelines (one object per line).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Export traces over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317 [default: no traces]. OTEL_SERVICE_NAME and
+    /// OTEL_RESOURCE_ATTRIBUTES name this process.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The most spans waiting for export; one more is dropped (and counted).
+pub const MAX_QUEUED_SPANS: usize = 2048;
+
+/// How long one export may take before its batch counts as dropped.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a batch goes, unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
+const EXPORT_EVERY: Duration = Duration::from_secs(1);
+
+static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Spans handed to the batch processor and not yet exported or dropped.
+static SPANS_PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// Spans this process exported so far.
+pub fn spans_exported() -> u64 {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
+}
+
+/// Spans this process dropped so far: the queue was full, or their export
+/// failed (the collector is down, or did not answer in time).
+pub fn spans_dropped() -> u64 {
+    SPANS_DROPPED.load(Ordering::Relaxed)
+}
+
+/// What [`init_logging`] set up; flushes the spans still queued (for at most
+/// a few seconds) when dropped.
+#[derive(Debug)]
+#[must_use = "dropping it at once flushes and stops the traces"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown_with_timeout(EXPORT_TIMEOUT)
+        {
+            tracing::debug!(%error, "the last spans were not all exported");
+        }
+    }
+}
+
+/// Sets up logging (and traces, when asked) for the daemon `service`, as
+/// `args` say. Call it inside a Tokio runtime when traces are on (the OTLP
+/// exporter's connection runs on it).
+pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(JsonLines { service })
+            .with_filter(filter)
+            .boxed(),
+    };
+    let (traces, provider) = match args.otlp_endpoint.as_deref() {
+        Some(endpoint) => match tracer_provider(endpoint, service) {
+            Ok(provider) => {
+                use opentelemetry::trace::TracerProvider as _;
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer(service))
+                    .with_filter(tracing_subscriber::filter::filter_fn(traced))
+                    .boxed();
+                (Some(layer), Some(provider))
+            }
+            Err(error) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("no traces: cannot export to {endpoint}: {error}");
+                }
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    if let (Some(endpoint), Some(_)) = (&args.otlp_endpoint, &provider) {
+        tracing::info!(%endpoint, "exporting traces to {endpoint}");
+    }
+    Telemetry { provider }
+}
+
+/// What the trace layer records: the spans of the stack, the servers and
+/// the shop, and the events (at `info` and above) that happen in them.
+fn traced(meta: &tracing::Metadata<'_>) -> bool {
+    if meta.is_span() {
+        let target = meta.target();
+        target == TARGET || target == resilience::trace::TARGET || target == "market_web::trace"
+    } else {
+        *meta.level() <= tracing::Level::INFO
+    }
+}
+
+fn tracer_provider(
+    endpoint: &str,
+    service: &'static str,
+) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()?;
+    let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_queue_size(MAX_QUEUED_SPANS);
+    if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+        batch = batch.with_scheduled_delay(EXPORT_EVERY);
+    }
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Counting(exporter))
+        .with_batch_config(batch.build())
+        .build();
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(Bounded(processor))
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+/// The exporter, counting what went and what failed.
+#[derive(Debug)]
+struct Counting<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Counting<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        SPANS_PENDING.fetch_sub(spans, Ordering::Relaxed);
+        match &result {
+            Ok(()) => SPANS_EXPORTED.fetch_add(spans, Ordering::Relaxed),
+            Err(_) => SPANS_DROPPED.fetch_add(spans, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The batch processor, behind a bound of its own: at most
+/// [`MAX_QUEUED_SPANS`] wait for export (its queue never fills), and a span
+/// beyond them is dropped here, where it is counted.
+#[derive(Debug)]
+struct Bounded<P>(P);
+
+impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanProcessor
+    for Bounded<P>
+{
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        let queued = SPANS_PENDING.fetch_add(1, Ordering::Relaxed);
+        if queued >= MAX_QUEUED_SPANS as u64 {
+            SPANS_PENDING.fetch_sub(1, Ordering::Relaxed);
+            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+// === incoming trace context ===
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// A server span named `name` for a request with `headers`: the child of
+/// the trace context they carry (`traceparent`), or the root of a new trace.
+/// A disabled span (traces off) costs nothing more.
+pub fn server_span(target_span: tracing::Span, headers: &http::HeaderMap) -> tracing::Span {
+    if !target_span.is_disabled() {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        });
+        if parent.span().span_context().is_valid() {
+            let _ = target_span.set_parent(parent);
+        }
+    }
+    target_span
+}
+
+/// Serves every gRPC call in a server span that continues the caller's
+/// trace context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSpanLayer;
+
+impl<S> Layer<S> for ServerSpanLayer {
+    type Service = ServerSpan<S>;
+
+    fn layer(&self, inner: S) -> ServerSpan<S> {
+        ServerSpan { inner }
+    }
+}
+
+/// The service of [`ServerSpanLayer`].
+#[derive(Debug, Clone)]
+pub struct ServerSpan<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ServerSpan<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let span = tracing::debug_span!(
+            target: TARGET,
+            "server",
+            otel.name = tracing::field::Empty,
+            otel.kind = "server",
+            rpc.system = "grpc",
+        );
+        if !span.is_disabled() {
+            span.record("otel.name", request.uri().path().trim_start_matches('/'));
+        }
+        let span = server_span(span, request.headers());
+        self.inner.call(request).instrument(span)
+    }
+}
+
+// === JSON lines ===
+
+/// One JSON object per event.
+struct JsonLines {
+    service: &'static str,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut fields = serde_json::Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "timestamp".into(),
+            humantime::format_rfc3339_micros(SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("target".into(), meta.target().into());
+        line.insert("service".into(), self.service.into());
+        line.insert("fields".into(), fields.into());
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<serde_json::Value> =
+                scope.from_root().map(|span| span.name().into()).collect();
+            if !spans.is_empty() {
+                line.insert("spans".into(), spans.into());
+            }
+        }
+        // The trace of the span the event happened in, which may be one the
+        // log filter does not show (the stack's spans are at debug level).
+        let current = tracing::Span::current();
+        if !current.is_none() {
+            let context = current.context();
+            let span = context.span();
+            let ids = span.span_context();
+            if ids.is_valid() {
+                line.insert("trace_id".into(), ids.trace_id().to_string().into());
+                line.insert("span_id".into(), ids.span_id().to_string().into());
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
