@@ -60,7 +60,7 @@ impl pb::ratings_server::Ratings for RatingsService {
     ) -> Result<Response<pb::Rating>, Status> {
         let thing_id = request.into_inner().thing_id;
         if let Err(status) = self.faults.inject().await {
-            tracing::info!(thing = %thing_id, "GET {thing_id} => failing on purpose (--fail-rate)");
+            tracing::info!(instance = %self.instance_id, thing = %thing_id, "GET {thing_id} => failing on purpose (--fail-rate)");
             return Err(status);
         }
         if thing_id.is_empty() {
@@ -74,14 +74,14 @@ impl pb::ratings_server::Ratings for RatingsService {
             )));
         }
         let Some(&(_, rating)) = RATINGS.iter().find(|(id, _)| *id == thing_id) else {
-            tracing::info!(thing = %thing_id, "GET {thing_id} => not found");
+            tracing::info!(instance = %self.instance_id, thing = %thing_id, "GET {thing_id} => not found");
             let known: Vec<&str> = RATINGS.iter().map(|(id, _)| *id).collect();
             return Err(Status::not_found(format!(
                 "no rating for {thing_id:?}; rated items are {}",
                 known.join(", ")
             )));
         };
-        tracing::info!(thing = %thing_id, rating, "GET {thing_id} => {rating}");
+        tracing::info!(instance = %self.instance_id, thing = %thing_id, rating, "GET {thing_id} => {rating}");
         Ok(Response::new(pb::Rating {
             thing_id,
             rating,
