@@ -36,9 +36,9 @@ struct Cli {
     #[arg(long)]
     quick: bool,
 
-    /// Run only scenario N of the table (1 to 9; 6, 7 and 8 run
-    /// together).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=9))]
+    /// Run only scenario N of the table (1 to 10; 6, 7 and 8 run
+    /// together; 10 is registryd's xDS server).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=10))]
     only: Vec<u8>,
 
     /// Where to write report.md and the charts.
@@ -68,6 +68,10 @@ fn main() -> anyhow::Result<()> {
 /// The binaries the scenarios start.
 const BINARIES: [&str; 4] = ["registryd", "registryctl", "ratings-server", "market-web"];
 
+/// The features the binaries are built with: scenario 10 needs registryd's
+/// xDS server (`--xds-listen`), which is off by default.
+const FEATURES: &str = "registryd/xds";
+
 /// Under `cargo run`, builds the binaries under test in the same profile,
 /// so that the one command measures the code as it is (cargo cannot make a
 /// binary depend on another package's binaries). Run directly, the bench
@@ -85,7 +89,7 @@ async fn build_binaries() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!(
-        "bench: building the binaries under test ({})…",
+        "bench: building the binaries under test ({}; features {FEATURES})…",
         BINARIES.join(", ")
     );
     let mut command = tokio::process::Command::new(cargo);
@@ -96,6 +100,7 @@ async fn build_binaries() -> anyhow::Result<()> {
     for name in BINARIES {
         command.args(["-p", name]);
     }
+    command.args(["--features", FEATURES]);
     let status = command.status().await.context("cannot run cargo build")?;
     anyhow::ensure!(status.success(), "building the binaries under test failed");
     Ok(())
@@ -140,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ) -> std::pin::Pin<
         Box<dyn Future<Output = anyhow::Result<Vec<report::Section>>> + 'a>,
     >;
-    let all: [(&[u8], &str, Scenario); 7] = [
+    let all: [(&[u8], &str, Scenario); 8] = [
         (&[1], "stack", |c| {
             Box::pin(async move { Ok(vec![scenarios::stack::run(c).await?]) })
         }),
@@ -161,6 +166,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         (&[9], "memory", |c| {
             Box::pin(async move { Ok(vec![scenarios::memory::run(c).await?]) })
+        }),
+        (&[10], "xDS", |c| {
+            Box::pin(async move { Ok(vec![scenarios::xds::run(c).await?]) })
         }),
     ];
     for (numbers, name, scenario) in all {

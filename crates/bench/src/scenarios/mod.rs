@@ -1,5 +1,5 @@
 //! The scenarios of issue #6, one module each (6, 7 and 8 share the
-//! registry's), and what they share: the run's settings and the callers of
+//! registry's; 10 is registryd's xDS server), and what they share: the run's settings and the callers of
 //! `Ratings.Get` and of the page that they compare.
 
 use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
@@ -26,6 +26,7 @@ pub(crate) mod registry;
 pub(crate) mod slow;
 pub(crate) mod stack;
 pub(crate) mod stop;
+pub(crate) mod xds;
 
 /// The run's settings.
 #[derive(Debug, Clone)]
