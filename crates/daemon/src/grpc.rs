@@ -20,7 +20,9 @@ pub struct Limits {
     /// The longest a call may take to answer (a stream, its first response)
     /// before it is answered DEADLINE_EXCEEDED.
     pub call_timeout: Duration,
-    /// Calls in flight on one connection before further ones wait.
+    /// Calls in flight on one connection before further ones wait (a
+    /// streaming call holds its slot until its response headers are sent,
+    /// not for the whole stream).
     pub calls_per_connection: usize,
     /// The largest request header block, in bytes.
     pub max_header_bytes: u32,
