@@ -51,7 +51,7 @@ impl Pool {
                 BufReader::new(stream)
             }
         };
-        let (status, cookie, keep) = exchange(&mut conn, &self.request).await?;
+        let (status, cookie, keep, _) = exchange(&mut conn, &self.request).await?;
         if keep {
             self.idle.lock().expect("pool lock").push(conn);
         }
@@ -59,12 +59,23 @@ impl Pool {
     }
 }
 
+/// `GET path` on `addr` over a connection of its own: the status and body.
+pub(crate) async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let mut conn = BufReader::new(stream);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let (status, _, _, body) = exchange(&mut conn, request.as_bytes()).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// One request and its response on `conn`: the status, the `Set-Cookie`
-/// value, and whether the connection can be used again.
+/// value, whether the connection can be used again, and the body.
 async fn exchange(
     conn: &mut BufReader<TcpStream>,
     request: &[u8],
-) -> anyhow::Result<(u16, Option<String>, bool)> {
+) -> anyhow::Result<(u16, Option<String>, bool, Vec<u8>)> {
     conn.get_mut().write_all(request).await?;
     let mut line = String::new();
     if conn.read_line(&mut line).await? == 0 {
@@ -102,5 +113,5 @@ async fn exchange(
     let length = length.context("a response without Content-Length")?;
     let mut body = vec![0; length];
     conn.read_exact(&mut body).await?;
-    Ok((status, cookie, keep))
+    Ok((status, cookie, keep, body))
 }
