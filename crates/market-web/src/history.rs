@@ -277,11 +277,7 @@ impl History {
                         failures: b.failures,
                         p50_ms: ms(b.latencies.quantile(0.5)),
                         p99_ms: ms(b.latencies.quantile(0.99)),
-                        breaker: b.state.map(|s| match s {
-                            BreakerState::Closed => "closed",
-                            BreakerState::Open => "open",
-                            BreakerState::HalfOpen => "half-open",
-                        }),
+                        breaker: b.state.map(BreakerState::as_str),
                     })
                     .collect(),
             })

@@ -110,20 +110,21 @@ impl CallError {
             Ok(e) => return CallError::DeadlineExceeded(e.0),
             Err(error) => error,
         };
-        let error = match error.downcast::<tonic::Status>() {
-            // tonic enforces `grpc-timeout` on the client too, as CANCELLED.
-            Ok(status)
-                if status.code() == tonic::Code::Cancelled
-                    && crate::breaker::caused_by_transport(&status) =>
-            {
-                return CallError::Timeout(timeout);
-            }
-            Ok(status) => return CallError::Status(*status),
-            Err(error) => error,
-        };
-        if error.is::<tower::timeout::error::Elapsed>() {
+        if is_timeout(&error) {
             return CallError::Timeout(timeout);
         }
-        CallError::Other(error)
+        match error.downcast::<tonic::Status>() {
+            Ok(status) => CallError::Status(*status),
+            Err(error) => CallError::Other(error),
+        }
     }
+}
+
+/// Whether an attempt's error is its timeout: the stack's own timer, or
+/// tonic's, which enforces `grpc-timeout` on the client too, as CANCELLED.
+pub(crate) fn is_timeout(error: &BoxError) -> bool {
+    error.is::<tower::timeout::error::Elapsed>()
+        || error.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            status.code() == tonic::Code::Cancelled && crate::breaker::caused_by_transport(status)
+        })
 }

@@ -108,16 +108,7 @@ where
 pub(crate) fn outcome(error: Option<&tower::BoxError>) -> &'static str {
     match error {
         None => "ok",
-        Some(error) if error.is::<tower::timeout::error::Elapsed>() => "timeout",
-        // tonic enforces `grpc-timeout` on the client too, as CANCELLED.
-        Some(error)
-            if error.downcast_ref::<tonic::Status>().is_some_and(|status| {
-                status.code() == tonic::Code::Cancelled
-                    && crate::breaker::caused_by_transport(status)
-            }) =>
-        {
-            "timeout"
-        }
+        Some(error) if crate::error::is_timeout(error) => "timeout",
         Some(error) if error.is::<crate::AllServicesDown>() => "breaker-open",
         Some(error) if error.is::<crate::NoOtherInstance>() => "no-other-instance",
         Some(_) => "error",
