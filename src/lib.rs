@@ -5,8 +5,9 @@
 //! [`market::ratings::v1`], also reachable as [`ratings::v1`]. A service that
 //! declares a client policy (the `market.policy.v1.client_policy` option) gets
 //! a [`ContractPolicy`] constant beside its generated code, named after the
-//! service: `Ratings` declares `ratings::v1::RATINGS_CLIENT_POLICY`. Adding a
-//! contract is adding its `.proto` file; nothing here changes.
+//! service: `Ratings` declares `ratings::v1::RATINGS_CLIENT_POLICY`, and
+//! [`CLIENT_POLICIES`] lists every such constant by its service's full name.
+//! Adding a contract is adding its `.proto` file; nothing here changes.
 //!
 //! Everything that crosses a process boundary is defined here and nowhere else.
 //! The daemons and libraries of the workspace convert these types into their own
@@ -87,5 +88,16 @@ mod tests {
         assert_eq!(policy.retries, Some(1));
         assert_eq!(policy.balance, Some(BalanceMode::P2c));
         assert_eq!(policy.hedge_after, None);
+    }
+
+    #[test]
+    fn the_list_of_policies_holds_every_declared_one() {
+        assert!(
+            CLIENT_POLICIES.contains(&(
+                "market.ratings.v1.Ratings",
+                ratings::v1::RATINGS_CLIENT_POLICY
+            )),
+            "{CLIENT_POLICIES:?}"
+        );
     }
 }

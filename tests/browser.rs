@@ -158,23 +158,28 @@ async fn a_visitor_fills_the_cart_and_checks_out_in_chromium() {
     }
     let total = browser.find(Locator::Css(".total")).await.expect("a total");
     assert_eq!(total.text().await.expect("text"), "Total: $119.98");
-    // The panel is for the cart now: what buyers of a camera and a
-    // basketball also bought, the shop's own items linked.
-    let panel = browser
-        .find(Locator::Css("#recommendations"))
-        .await
-        .expect("the recommendations panel")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        panel.contains("You may also like") && panel.contains("tripod"),
-        "{panel}"
-    );
-    browser
-        .find(Locator::Css("#recommendations a[href='#item-football']"))
-        .await
-        .expect("a link to the football, which the shop sells");
+    // Every panel of the shop is on the page beside the cart, shown, with
+    // its heading: an element whose id is its service's name. What each
+    // shows is tested with its service.
+    for panel in market_web::panels::PANELS {
+        let element = browser
+            .find(Locator::Css(&format!("#{}", panel.service)))
+            .await
+            .unwrap_or_else(|error| panic!("the {} panel: {error}", panel.service));
+        assert!(
+            element.is_displayed().await.expect("displayed"),
+            "{}",
+            panel.service
+        );
+        let heading = element
+            .find(Locator::Css("h2"))
+            .await
+            .unwrap_or_else(|error| panic!("the {} panel's heading: {error}", panel.service))
+            .text()
+            .await
+            .expect("text");
+        assert!(!heading.is_empty(), "{}", panel.service);
+    }
 
     screenshot(&browser, "market.png").await;
 

@@ -71,9 +71,9 @@ pub trait Panel: Send + Sync + 'static {
     fn service(&self) -> &'static str;
 
     /// The panel's HTML for `page` (an element whose `id` is the service's
-    /// name), or `None` to leave it out: the call failed, or there is
-    /// nothing to show. It counts its call in `metrics`
-    /// ([`Metrics::call`]); the page bounds how long it may take.
+    /// name, headed by an `h2`), or `None` to leave it out: the call
+    /// failed, or there is nothing to show. It counts its call in
+    /// `metrics` ([`Metrics::call`]); the page bounds how long it may take.
     fn render<'a>(&'a self, page: Page<'a>, metrics: &'a Metrics) -> BoxFuture<'a, Option<String>>;
 
     /// Its client, for `/status` and `/metrics`.

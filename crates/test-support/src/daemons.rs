@@ -323,4 +323,95 @@ impl Web {
     pub async fn get(&self, path: &str) -> (u16, String) {
         crate::http_get(self.addr, path).await
     }
+
+    /// A new visitor of this shop, with no cookie yet.
+    pub fn visitor(&self) -> Visitor {
+        Visitor {
+            addr: self.addr,
+            cookies: Vec::new(),
+            csrf: None,
+        }
+    }
+}
+
+/// A visitor of a shop over plain HTTP, as a browser without scripts is:
+/// it keeps the cookies it is given and sends the page's forms back with
+/// their csrf token.
+#[derive(Debug)]
+pub struct Visitor {
+    addr: SocketAddr,
+    cookies: Vec<(String, String)>,
+    csrf: Option<String>,
+}
+
+impl Visitor {
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, response: &crate::HttpResponse) {
+        for set in response.header_values("set-cookie") {
+            let pair = set.split(';').next().unwrap_or_default();
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            self.cookies.retain(|(n, _)| n != name);
+            self.cookies.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// `GET /`, with the visitor's cookies: the status and the page. The
+    /// page's csrf token is kept for the next form.
+    ///
+    /// # Panics
+    ///
+    /// When the shop does not answer.
+    pub async fn page(&mut self) -> (u16, String) {
+        let cookie = self.cookie_header();
+        let response = crate::http_request(self.addr, "GET", "/", &[("Cookie", &cookie)], "").await;
+        self.keep_cookies(&response);
+        self.csrf = response
+            .body
+            .split(r#"name="csrf" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned);
+        (response.status, response.body)
+    }
+
+    /// Sends the page's form with `field=value` (`addCart=camera`,
+    /// `checkout=1`), as the page's buttons do, and returns the status of
+    /// the answer (a redirect to `/` when it was accepted). Loads the page
+    /// first when no page was loaded yet.
+    ///
+    /// # Panics
+    ///
+    /// When the shop does not answer.
+    pub async fn submit(&mut self, field: &str, value: &str) -> u16 {
+        if self.csrf.is_none() {
+            self.page().await;
+        }
+        let csrf = self
+            .csrf
+            .clone()
+            .expect("the page has a form with a csrf token");
+        let cookie = self.cookie_header();
+        let response = crate::http_request(
+            self.addr,
+            "POST",
+            "/",
+            &[
+                ("Cookie", &cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("csrf={csrf}&{field}={value}"),
+        )
+        .await;
+        self.keep_cookies(&response);
+        response.status
+    }
 }

@@ -20,7 +20,7 @@ mod etcd;
 pub mod otlp;
 mod pki;
 
-pub use daemons::{Cluster, Instance, Ratings, Registry, StoreKind, Web};
+pub use daemons::{Cluster, Instance, Ratings, Registry, StoreKind, Visitor, Web};
 pub use etcd::Etcd;
 pub use otlp::{Otlp, ReceivedSpan};
 pub use pki::Pki;
@@ -209,20 +209,76 @@ pub fn socket_addr(url: &str) -> SocketAddr {
 ///
 /// When the server does not answer with a well-formed response.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_request(addr, "GET", path, &[], "").await;
+    (response.status, response.body)
+}
+
+/// An HTTP response, as [`http_request`] read it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Its status code.
+    pub status: u16,
+    /// Its headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// Its body, as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// Every value of the header `name` (lower case).
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One plain HTTP/1.1 request over loopback, with `headers` and `body`
+/// (a `Content-Length` is added when the body is not empty).
+///
+/// # Panics
+///
+/// When the server does not answer with a well-formed response.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    if !body.is_empty() {
+        let _ = write!(request, "Content-Length: {}\r\n", body.len());
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").expect("headers and a body");
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// A free loopback port, for programs that cannot be given port 0.

@@ -93,14 +93,7 @@ impl Recommendations {
     /// page's when the cart is empty. `None` when the call failed or there
     /// is nothing to recommend.
     pub async fn for_page(&self, page: Page<'_>, metrics: &Metrics) -> Option<Shown> {
-        let basis = if page.cart.is_empty() {
-            page.items
-        } else {
-            page.cart
-        };
-        let request = RecommendRequest {
-            thing_ids: basis.iter().map(|id| (*id).to_owned()).collect(),
-        };
+        let request = request_for(page);
         let answer = match self.client.clone().oneshot(request).await {
             Ok(served) => served.response,
             Err(error) => {
@@ -143,6 +136,19 @@ impl Panel for Recommendations {
 
     fn client(&self) -> &dyn Observed {
         &self.client
+    }
+}
+
+/// The one request of a page: for the cart's items, or the page's when the
+/// cart is empty.
+fn request_for(page: Page<'_>) -> RecommendRequest {
+    let basis = if page.cart.is_empty() {
+        page.items
+    } else {
+        page.cart
+    };
+    RecommendRequest {
+        thing_ids: basis.iter().map(|id| (*id).to_owned()).collect(),
     }
 }
 
@@ -193,5 +199,43 @@ mod tests {
         let card = suggestion("memory-card".to_owned());
         assert!(!card.sold_here);
         assert_eq!(card.title, "memory card");
+    }
+
+    #[test]
+    fn a_page_asks_for_its_cart_or_else_its_items() {
+        let items = ["camera", "football", "basketball", "gloves"];
+        let empty = request_for(Page {
+            items: &items,
+            cart: &[],
+        });
+        assert_eq!(empty.thing_ids, items);
+        let cart = request_for(Page {
+            items: &items,
+            cart: &["camera", "basketball"],
+        });
+        assert_eq!(cart.thing_ids, ["camera", "basketball"]);
+    }
+
+    #[test]
+    fn the_panel_links_what_the_shop_sells_and_names_who_answered() {
+        let shown = Shown {
+            suggestions: ["football", "tripod"]
+                .map(|id| suggestion(id.to_owned()))
+                .to_vec(),
+            served_by: "recommendations-2".to_owned(),
+        };
+        let html = shown.render().unwrap();
+        assert!(html.contains(r#"id="recommendations""#), "{html}");
+        assert!(html.contains("You may also like"), "{html}");
+        let football = catalog::item("football").unwrap().title;
+        assert!(
+            html.contains(&format!(r##"<a href="#item-football">{football}</a>"##)),
+            "{html}"
+        );
+        assert!(
+            html.contains("<li>tripod</li>"),
+            "not sold here, not linked: {html}"
+        );
+        assert!(html.contains("recommended by recommendations-2"), "{html}");
     }
 }

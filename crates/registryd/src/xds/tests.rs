@@ -67,10 +67,15 @@ fn the_contracts_policies_are_those_of_their_options() {
         policies.of(&name("ratings")),
         market_proto::ratings::v1::RATINGS_CLIENT_POLICY
     );
-    assert_eq!(
-        policies.of(&name("recommendations")),
-        market_proto::recommendations::v1::RECOMMENDER_CLIENT_POLICY
-    );
+    // Every other contract's, as build.rs read it: a service registers
+    // under its package's second segment (`market.<name>.v1`).
+    for (service, declared) in market_proto::CLIENT_POLICIES {
+        let segments: Vec<&str> = service.split('.').collect();
+        let ["market", registered, _version, _service] = segments[..] else {
+            continue;
+        };
+        assert_eq!(policies.of(&name(registered)), *declared, "{service}");
+    }
     let orders = policies.of(&name("orders"));
     assert_eq!(
         (orders.timeout, orders.retries, orders.failure_limit),
@@ -135,6 +140,19 @@ fn contract(service: &str) -> market_proto::ContractPolicy {
     Policies::from_contracts().unwrap().of(&name(service))
 }
 
+/// A contract unlike ratings': a short timeout, three failures to open,
+/// a short retest, and round robin.
+const SHORT: market_proto::ContractPolicy = market_proto::ContractPolicy {
+    timeout: Some(Duration::from_millis(200)),
+    deadline: Some(Duration::from_millis(300)),
+    retest_delay: Some(Duration::from_secs(10)),
+    max_open: Some(Duration::from_secs(60)),
+    hedge_after: Some(Duration::from_millis(50)),
+    failure_limit: Some(3),
+    retries: Some(1),
+    balance: Some(market_proto::BalanceMode::RoundRobin),
+};
+
 #[test]
 fn a_listener_routes_every_call_to_its_cluster_within_the_timeout() {
     let mut policy = contract("ratings");
@@ -188,11 +206,8 @@ fn the_ratings_route_has_its_timeout_and_one_retry_on_unavailable() {
 }
 
 #[test]
-fn the_recommendations_route_has_its_200_ms_and_one_retry() {
-    let action = route_action(&resources::listener(
-        &name("recommendations"),
-        &contract("recommendations"),
-    ));
+fn a_short_contracts_route_has_its_200_ms_and_one_retry() {
+    let action = route_action(&resources::listener(&name("search"), &SHORT));
     let limit = action.max_stream_duration.unwrap();
     assert_eq!(secs(limit.max_stream_duration), (0, 200_000_000));
     assert_eq!(secs(limit.grpc_timeout_header_max), (0, 200_000_000));
@@ -296,11 +311,8 @@ fn the_ratings_cluster_ejects_at_the_first_failure_for_30_s_and_picks_least_requ
 }
 
 #[test]
-fn the_recommendations_cluster_ejects_after_two_thirds_failed_and_picks_round_robin() {
-    let cluster: Cluster = decode(&resources::cluster(
-        &name("recommendations"),
-        &contract("recommendations"),
-    ));
+fn a_short_contracts_cluster_ejects_after_two_thirds_failed_and_picks_round_robin() {
+    let cluster: Cluster = decode(&resources::cluster(&name("search"), &SHORT));
     assert_eq!(picking(&cluster), (vec![ROUND_ROBIN.to_owned()], None));
     let outliers = cluster.outlier_detection.expect("outlier detection");
     assert_eq!(secs(outliers.interval), (1, 0));

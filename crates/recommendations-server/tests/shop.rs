@@ -2,6 +2,9 @@
 //! comes from the recommendations service, through its own contract's
 //! policy, and the two fail apart: ratings failing never hides the panel,
 //! and the panel failing never touches the ratings.
+//!
+//! These start the workspace's binaries (`cargo build --workspace --bins`
+//! first, as the README's test command does).
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +125,27 @@ async fn the_page_shows_the_ratings_and_what_else_was_bought() {
         "{status}"
     );
     assert!(status.contains("recommendations-2"), "{status}");
+}
+
+#[tokio::test]
+async fn the_panel_follows_the_cart() {
+    let shop = shop(1).await;
+    until(&shop.web, Duration::from_secs(5), shows_panel).await;
+    let mut visitor = shop.web.visitor();
+    for item in ["camera", "basketball"] {
+        assert_eq!(visitor.submit("addCart", item).await, 303, "{item} added");
+    }
+    let (status, body) = visitor.page().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Total: $119.98"), "{body}");
+    // What buyers of a camera and a basketball also bought: a tripod, and
+    // the football, which the shop sells and so links to. For the page's
+    // four items, the football is never recommended: it is one of them.
+    assert!(body.contains("<li>tripod</li>"), "{body}");
+    assert!(
+        body.contains(r##"<a href="#item-football">"##),
+        "for the cart:\n{body}"
+    );
 }
 
 #[tokio::test]
