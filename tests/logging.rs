@@ -57,19 +57,21 @@ async fn every_line_of_every_daemon_is_json_with_its_fields() {
     let mut cluster = Cluster::start(&JSON).await;
     let url = cluster.registry.url();
     let mut ratings = cluster.ratings(1, &JSON).await;
-    let token = cluster.registry.create_service("recommendations").await;
-    let mut recommender = Instance::start(
-        "recommendations-server",
-        "recommendations",
-        &url,
-        &token,
-        1,
-        &JSON,
-    )
-    .await;
+    // One instance of every other service the shop has a panel for, each
+    // `<service>-server` (the workspace's naming, as in tests/deploy.rs).
+    let mut others = Vec::new();
+    for panel in market_web::panels::PANELS {
+        let token = cluster.registry.create_service(panel.service).await;
+        let binary = format!("{}-server", panel.service);
+        let instance = Instance::start(&binary, panel.service, &url, &token, 1, &JSON).await;
+        others.push((panel.service, binary, instance));
+    }
+    let services: Vec<&str> = std::iter::once("ratings")
+        .chain(others.iter().map(|(service, _, _)| *service))
+        .collect();
     let consumer = cluster
         .registry
-        .create_consumer("market-web", &["ratings", "recommendations"])
+        .create_consumer("market-web", &services)
         .await;
     let mut web = Web::start(&[
         "--registry",
@@ -82,17 +84,20 @@ async fn every_line_of_every_daemon_is_json_with_its_fields() {
     .await;
     let (status, body) = web.get("/").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#"id="recommendations""#), "{body}");
+    for (service, _, _) in &others {
+        assert!(body.contains(&format!(r#"id="{service}""#)), "{body}");
+    }
 
     // Stopped, so that their shutdown lines are in too.
     stop(&mut web.proc).await;
     stop(&mut ratings.proc).await;
-    stop(&mut recommender.proc).await;
+    for (_, _, instance) in &mut others {
+        stop(&mut instance.proc).await;
+    }
     stop(&mut cluster.registry.proc).await;
 
     let web = lines(&web.proc, "market-web");
     let ratings = lines(&ratings.proc, "ratings-server");
-    let recommender = lines(&recommender.proc, "recommendations-server");
     let registry = lines(&cluster.registry.proc, "registryd");
 
     // The seed's wording is the message; the event's fields are fields.
@@ -105,15 +110,15 @@ async fn every_line_of_every_daemon_is_json_with_its_fields() {
         1,
         "{web:?}"
     );
-    assert!(!with_message(&web, "RECOMMENDED ").is_empty(), "{web:?}");
     assert!(
         !with_message(&web, "market-web stopped").is_empty(),
         "{web:?}"
     );
-    assert!(
-        !with_message(&recommender, "recommendations-1").is_empty(),
-        "{recommender:?}"
-    );
+    for (service, binary, instance) in &others {
+        let printed = lines(&instance.proc, binary);
+        let id = format!("{service}-1");
+        assert!(!with_message(&printed, &id).is_empty(), "{printed:?}");
+    }
     assert!(
         registry.iter().any(|line| line.get("level").is_some()),
         "{registry:?}"
