@@ -229,8 +229,11 @@ fn served(summary: &Json, instance: &str) -> u64 {
 }
 
 /// Python's grpcio ends a call 1 to 2 s before a timeout from its service
-/// config, xDS's included (grpc/grpc#40633): with the ratings contract's
-/// 1 s, every call would fail at once. Calls here get room.
+/// config, xDS's included (grpc/grpc#40633, grpc/grpc#34547: C-core reads
+/// the call's start on a clock whose zero is 1 s and a fraction later than
+/// the one it checks the deadline against; every release from 1.46 on):
+/// with the ratings contract's 1 s, every call would fail at once. Calls
+/// here get room.
 const PYTHON_ROOM: [&str; 2] = ["--xds-timeout", "ratings=5s"];
 
 async fn python_follows_instances_as_they_come_and_go(store: StoreKind) {
