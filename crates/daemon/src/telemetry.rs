@@ -119,8 +119,7 @@ impl Drop for Telemetry {
 /// `args` say. Call it inside a Tokio runtime when traces are on (the OTLP
 /// exporter's connection runs on it).
 pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     let logs = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -137,9 +136,20 @@ pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
         Some(endpoint) => match tracer_provider(endpoint, service) {
             Ok(provider) => {
                 use opentelemetry::trace::TracerProvider as _;
+                // The spans' contexts are read from the spans themselves
+                // (`OpenTelemetrySpanExt::context`), never from
+                // OpenTelemetry's current context: entering a span, once
+                // per poll of its future, need not make its context
+                // current, nor time how long it was busy and idle. The
+                // thread a span started on says nothing of a task's work,
+                // nor the source line of a span named after what it does.
                 let layer = tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer(service))
-                    .with_filter(tracing_subscriber::filter::filter_fn(traced))
+                    .with_context_activation(false)
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_location(false)
+                    .with_filter(traced())
                     .boxed();
                 (Some(layer), Some(provider))
             }
@@ -163,14 +173,64 @@ pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
     Telemetry { provider }
 }
 
+/// What is logged: `RUST_LOG`'s directives, `info` when unset.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 /// What the trace layer records: the spans of the stack, the servers and
-/// the shop, and the events (at `info` and above) that happen in them.
-fn traced(meta: &tracing::Metadata<'_>) -> bool {
-    if meta.is_span() {
+/// the shop (at `debug`, whatever the log filter says), and the events that
+/// happen in them when they are logged: a trace carries what the log
+/// carries, and an event the log leaves out costs nothing in the trace
+/// either.
+fn traced<S>() -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    let spans = filter_fn(|meta| {
         let target = meta.target();
-        target == TARGET || target == resilience::trace::TARGET || target == "market_web::trace"
-    } else {
-        *meta.level() <= tracing::Level::INFO
+        meta.is_span()
+            && (target == TARGET
+                || target == resilience::trace::TARGET
+                || target == "market_web::trace")
+    })
+    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG);
+    spans.or(LoggedEvents(log_filter()))
+}
+
+/// The events a log filter lets through, and no span: unlike the filter
+/// itself, it is told nothing of the spans entered and left (an
+/// `EnvFilter` takes a lock at each), so a directive scoped to a span
+/// (`[name]=debug`) chooses no event here.
+struct LoggedEvents(tracing_subscriber::EnvFilter);
+
+impl<S> tracing_subscriber::layer::Filter<S> for LoggedEvents
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.is_event() && tracing_subscriber::layer::Filter::enabled(&self.0, meta, cx)
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.is_event() {
+            tracing_subscriber::layer::Filter::<S>::callsite_enabled(&self.0, meta)
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0)
     }
 }
 
