@@ -17,6 +17,7 @@ use std::{path::PathBuf, time::Instant};
 use anyhow::Context as _;
 use clap::Parser;
 
+mod caller;
 mod charts;
 mod http;
 mod loadgen;
@@ -44,10 +45,24 @@ struct Cli {
     /// Where to write report.md and the charts.
     #[arg(long, default_value = "target/bench-report")]
     out: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// One closed loop through the full stack in a process of its own, for
+    /// scenario 1's traces comparison.
+    #[command(hide = true)]
+    Caller(caller::Args),
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Caller(args)) = cli.command.take() {
+        return caller::main(args);
+    }
     // Two workers, as many as the machine this suite is sized for has cores:
     // the client under test shares them with the servers, as in production.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -4,16 +4,19 @@
 //! concurrencies. A fourth caller, `balance_channel` sending the deadline the
 //! stack sends, shows what the deadline costs. The callers are interleaved
 //! (round r runs them in an order rotated by r) and the targets compare the
-//! medians of the rounds.
+//! medians of the rounds. Then the full stack traced against untraced, each
+//! in a caller process of its own.
 
 use std::time::Instant;
 
+use anyhow::Context as _;
 use ratings_client::contract_policy;
 
 use crate::{
+    caller::Measured,
     charts,
     loadgen::{self, Runs},
-    procs::{Cluster, Meter, Metered},
+    procs::{Cluster, Daemon, Meter, Metered},
     report::{Check, Row, Section},
     scenarios::{
         Call, Config, balance_channel_call, caller, contract_stack_call, direct_call, warm_up,
@@ -123,8 +126,135 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
         &points,
     )?;
     section.charts.push(name);
+    traced(cfg, &mut section, &cluster).await?;
     section.took = started.elapsed();
     Ok(section)
+}
+
+/// The two callers of the traces comparison, in report order.
+const TRACED_VARIANTS: [&str; 2] = ["full stack, traces off", "full stack, traces exporting"];
+
+/// The full stack traced against untraced: each a `bench caller` process
+/// of its own (see `caller`), alike but for `--otlp-endpoint`, exporting to
+/// a receiver in the bench process (whose CPU is the machine's, as a
+/// collector's on the same host would be).
+async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyhow::Result<()> {
+    let receiver = test_support::Otlp::start().await;
+    let endpoint = receiver.url();
+    let levels: Vec<usize> = vec![1, 64];
+    let rounds = cfg.pick(5, 2);
+    let duration = cfg.secs(2.0, 0.6);
+    section.note(format!(
+        "Traces: the full stack in a process of its own (`bench caller`, the daemons' logging and \
+         tracing), traces off against traces exporting over OTLP/gRPC (`--otlp-endpoint`, the \
+         daemons' batched and bounded pipeline) to a `test_support::Otlp` receiver in the bench \
+         process; {rounds} interleaved rounds of {:.1} s at concurrency {levels:?}, a new pair of \
+         processes each round. Rows give the medians of the rounds (count and errors: their sums).",
+        duration.as_secs_f64()
+    ));
+    let exe = std::env::current_exe().context("the bench's own executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let mut traced_runs = Vec::new();
+    for &concurrency in &levels {
+        let mut measured: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for k in 0..2 {
+                let v = (round + k) % 2;
+                let mut args = vec![
+                    "caller".to_owned(),
+                    "--registry".to_owned(),
+                    cluster.registry.url.clone(),
+                    "--token".to_owned(),
+                    cluster.registry.token.clone(),
+                    "--concurrency".to_owned(),
+                    concurrency.to_string(),
+                    "--duration".to_owned(),
+                    format!("{}ms", duration.as_millis()),
+                ];
+                if v == 1 {
+                    args.extend(["--otlp-endpoint".to_owned(), endpoint.clone()]);
+                }
+                measured[v].push(run_caller(&exe, TRACED_VARIANTS[v], &args, duration).await?);
+            }
+        }
+        traced_runs.extend(measured[1].iter().copied());
+        let rows: Vec<Row> = TRACED_VARIANTS
+            .iter()
+            .zip(&measured)
+            .map(|(name, runs)| caller_row(name, runs))
+            .collect();
+        let tput = |v: usize| median_of(&measured[v], |m| m.throughput);
+        let cpu = |v: usize| median_of(&measured[v], |m| m.cpu);
+        let (off, on) = (tput(0), tput(1));
+        section.note(format!(
+            "Traces, c={concurrency}: the caller used {:.0} % of a core with traces off and {:.0} % \
+             exporting (medians of rounds).",
+            cpu(0) * 100.0,
+            cpu(1) * 100.0
+        ));
+        section.tables.push((
+            format!("Traces, concurrency {concurrency} (medians of rounds)"),
+            rows,
+        ));
+        section.checks.push(Check::ratio(
+            format!("c={concurrency}: traced throughput ≥ 0.90× untraced"),
+            on / off,
+            0.90,
+            true,
+            format!("{on:.0} vs {off:.0} req/s"),
+        ));
+    }
+    let exported: u64 = traced_runs.iter().map(|m| m.spans_exported).sum();
+    let dropped: u64 = traced_runs.iter().map(|m| m.spans_dropped).sum();
+    let received = receiver.spans().len() + receiver.dropped();
+    section.note(format!(
+        "Traces: the traced callers exported {exported} spans (warm-up included) and dropped \
+         {dropped} at their bound; the receiver got {received} in {} exports.",
+        receiver.exports(),
+    ));
+    Ok(())
+}
+
+/// Starts one `bench caller` and waits for what it measured.
+async fn run_caller(
+    exe: &str,
+    name: &str,
+    args: &[String],
+    duration: std::time::Duration,
+) -> anyhow::Result<Measured> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut caller = Daemon::spawn(format!("bench caller ({name})"), exe, &args)?;
+    let line = caller
+        .wait_for_line_after(
+            0,
+            r#"{"caller":"#,
+            duration + std::time::Duration::from_secs(30),
+        )
+        .await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("the caller printed {line:?}"))?;
+    let measured: Measured = serde_json::from_value(value["caller"].clone())
+        .with_context(|| format!("the caller printed {line:?}"))?;
+    caller.wait_exit(std::time::Duration::from_secs(10)).await?;
+    Ok(measured)
+}
+
+fn median_of(runs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {
+    let mut values: Vec<f64> = runs.iter().map(f).collect();
+    loadgen::median(&mut values)
+}
+
+fn caller_row(name: &str, runs: &[Measured]) -> Row {
+    Row {
+        label: name.to_owned(),
+        p50: median_of(runs, |m| m.p50_us as f64) as u64,
+        p99: median_of(runs, |m| m.p99_us as f64) as u64,
+        p999: Some(median_of(runs, |m| m.p999_us as f64) as u64),
+        max: runs.iter().map(|m| m.max_us).max().unwrap_or_default(),
+        count: runs.iter().map(|m| m.ok + m.errors).sum(),
+        errors: runs.iter().map(|m| m.errors).sum(),
+        throughput: Some(median_of(runs, |m| m.throughput)),
+    }
 }
 
 /// The targets at one concurrency.
