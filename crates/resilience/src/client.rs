@@ -9,8 +9,11 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -324,11 +327,40 @@ where
             outcome = tracing::field::Empty,
         );
         let inner = span.in_scope(|| self.stack.call(Attempt::new(request)));
+        let woken = Arc::new(Woken {
+            woken: AtomicBool::new(true),
+            task: futures::task::AtomicWaker::new(),
+        });
         ResponseFuture {
             inner,
             timeout: self.shared.policy.timeout,
             span,
+            waker: Waker::from(woken.clone()),
+            woken,
         }
+    }
+}
+
+/// Whether the stack asked for the call to be polled again since it last
+/// was, and the task to wake when it does.
+///
+/// A call is often polled when it did not ask to be: `join_all` polls every
+/// future it holds whenever any one of them wakes, so a page's four lookups
+/// are each polled for the wakes of all four. Such a poll returns at once,
+/// without entering the call's span or polling the stack's layers.
+struct Woken {
+    woken: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -347,6 +379,10 @@ pin_project_lite::pin_project! {
         inner: StackFuture<Req, Resp>,
         timeout: Duration,
         span: tracing::Span,
+        // What the stack is polled with: it wakes `woken`, which wakes the
+        // task.
+        waker: Waker,
+        woken: Arc<Woken>,
     }
 }
 
@@ -359,10 +395,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        this.woken.task.register(cx.waker());
+        if !this.woken.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
         let timeout = *this.timeout;
         let result = {
             let _entered = this.span.enter();
-            std::task::ready!(this.inner.poll(cx))
+            let mut cx = Context::from_waker(this.waker);
+            std::task::ready!(this.inner.poll(&mut cx))
         };
         if !this.span.is_none() {
             crate::trace::record_outcome(this.span, if result.is_ok() { "ok" } else { "error" });

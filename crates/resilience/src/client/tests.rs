@@ -98,3 +98,66 @@ async fn tls_clients_call_only_https_instances_and_plaintext_clients_only_http()
         assert_eq!(known, [only]);
     }
 }
+
+/// A method's answer that counts how often it is polled, and comes when
+/// `answer` fires.
+struct Counted {
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+    answer: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Future for Counted {
+    type Output = Result<tonic::Response<()>, tonic::Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|_| Ok(tonic::Response::new(())))
+    }
+}
+
+/// `join_all` polls every future it holds when any one of them wakes: a
+/// call polled so, without having asked to be, returns at once and does
+/// not poll the stack (nor enter its span); once its answer wakes it, it is
+/// polled through and answers.
+#[tokio::test]
+async fn a_call_polled_without_a_wake_does_not_poll_the_stack() {
+    let updates =
+        futures::stream::iter([upsert("a", "http://127.0.0.1:1"), WatchUpdate::Synced(1)])
+            .chain(futures::stream::pending());
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let answered = Arc::new(std::sync::Mutex::new(Some(answered)));
+    let counted = polls.clone();
+    let client = Client::<(), ()>::builder("ratings", Policy::default())
+        .build(updates, move |_, _| Counted {
+            polls: counted.clone(),
+            answer: answered.lock().unwrap().take().expect("one call"),
+        })
+        .expect("a valid policy");
+    client.synced().await;
+    let mut client = client;
+    let call = client.ready().await.expect("ready").call(());
+    let mut call = std::pin::pin!(call);
+
+    assert!(futures::poll!(call.as_mut()).is_pending());
+    let sent = polls.load(Ordering::SeqCst);
+    assert_eq!(sent, 1, "the first poll reaches the method");
+    for _ in 0..10 {
+        assert!(futures::poll!(call.as_mut()).is_pending());
+    }
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        sent,
+        "polls without a wake stop at the call"
+    );
+
+    answer.send(()).expect("the call waits");
+    call.await.expect("answered");
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        sent + 1,
+        "woken, it is polled through"
+    );
+}
