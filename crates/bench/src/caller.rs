@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ratings_client::{RatingsClient, contract_policy};
 
-use crate::loadgen;
+use crate::{loadgen, procs};
 
 /// The caller's command line (hidden from `bench --help`).
 #[derive(Debug, clap::Args)]
@@ -64,12 +64,7 @@ pub(crate) struct Measured {
 
 /// Runs the caller.
 pub(crate) fn main(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the Tokio runtime")?;
-    runtime.block_on(async {
+    crate::runtime()?.block_on(async {
         let telemetry = daemon::init_logging(&args.log, "bench-caller");
         let registries = registry_client::Registries::new([args.registry.as_str()], &args.token)?;
         let client = RatingsClient::discover(registries, contract_policy())?;
@@ -84,9 +79,12 @@ pub(crate) fn main(args: Args) -> anyhow::Result<()> {
         while Instant::now() < warm_up_until {
             let _ = call().await;
         }
-        let cpu_before = own_cpu();
+        let me = std::process::id();
+        let cpu_before = procs::cpu_ticks(me)?;
         let run = loadgen::closed_loop(args.concurrency, args.duration, call).await;
-        let cpu = (own_cpu() - cpu_before).as_secs_f64() / run.elapsed.as_secs_f64().max(1e-9);
+        let ticks = procs::cpu_ticks(me)?.saturating_sub(cpu_before);
+        let cpu =
+            ticks as f64 / procs::clock_ticks_per_second() / run.elapsed.as_secs_f64().max(1e-9);
         // What is still queued goes out before the counts are read.
         drop(telemetry);
         let measured = Measured {
@@ -107,16 +105,5 @@ pub(crate) fn main(args: Args) -> anyhow::Result<()> {
             println!("{line}");
         }
         anyhow::Ok(())
-    })
-}
-
-/// This process's CPU time so far (user and system).
-fn own_cpu() -> Duration {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
-    usage.map_or(Duration::ZERO, |u| {
-        let time = |t: nix::sys::time::TimeVal| {
-            Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
-        };
-        time(u.user_time()) + time(u.system_time())
     })
 }

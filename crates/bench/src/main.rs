@@ -63,13 +63,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Caller(args)) = cli.command.take() {
         return caller::main(args);
     }
-    // Two workers, as many as the machine this suite is sized for has cores:
-    // the client under test shares them with the servers, as in production.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the Tokio runtime")?;
+    let runtime = runtime()?;
     // On Ctrl-C or SIGTERM the run is dropped, which kills every process it
     // started (they are killed on drop).
     runtime.block_on(async {
@@ -78,6 +72,17 @@ fn main() -> anyhow::Result<()> {
             () = interrupted() => anyhow::bail!("interrupted: the processes started were stopped"),
         }
     })
+}
+
+/// The bench's runtime, and a caller's: two workers, as many as the machine
+/// this suite is sized for has cores; the client under test shares them with
+/// the servers, as in production.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")
 }
 
 /// The binaries the scenarios start.

@@ -415,7 +415,7 @@ pub(crate) fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
 }
 
 /// The kernel's clock ticks per second, for `/proc` CPU times.
-fn clock_ticks_per_second() -> f64 {
+pub(crate) fn clock_ticks_per_second() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

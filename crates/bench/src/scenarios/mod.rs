@@ -5,8 +5,12 @@
 use std::{future::Future, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use market_proto::ratings::v1::{GetRatingRequest, ratings_client::RatingsClient as GrpcClient};
+use market_proto::{
+    ratings::v1::{GetRatingRequest, ratings_client::RatingsClient as GrpcClient},
+    registry::v1 as pb,
+};
 use ratings_client::{RatingsClient, contract_policy};
+use registry_client::RegistryClient;
 use resilience::Policy;
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -196,4 +200,44 @@ pub(crate) async fn page_call(web: &Web) -> anyhow::Result<Call> {
 pub(crate) async fn session_cookie(web: &Web) -> anyhow::Result<String> {
     let (_, cookie) = Pool::new(web.addr, "/", None).get().await?;
     cookie.context("the first page set no session cookie")
+}
+
+/// Registers `id` in `service` at `http://127.0.0.1:PORT`: its lease.
+pub(crate) async fn register(
+    client: &RegistryClient,
+    service: &str,
+    id: &str,
+    port: u16,
+    ttl: u32,
+) -> anyhow::Result<u64> {
+    let response = client
+        .clone()
+        .register(pb::RegisterRequest {
+            service: service.into(),
+            instance_id: id.into(),
+            address: format!("http://127.0.0.1:{port}"),
+            metadata: Default::default(),
+            ttl_seconds: ttl,
+        })
+        .await
+        .with_context(|| format!("cannot register {id} in {service}"))?;
+    Ok(response.into_inner().lease_id)
+}
+
+/// A native `Watch` of `service`, and its first message (the snapshot).
+pub(crate) async fn watch(
+    client: &RegistryClient,
+    service: &str,
+) -> anyhow::Result<(tonic::Streaming<pb::WatchResponse>, pb::WatchResponse)> {
+    let mut stream = client
+        .clone()
+        .watch(pb::WatchRequest {
+            service: service.into(),
+            since_revision: 0,
+        })
+        .await
+        .with_context(|| format!("cannot watch {service}"))?
+        .into_inner();
+    let first = stream.message().await?.context("the watch ended at once")?;
+    Ok((stream, first))
 }

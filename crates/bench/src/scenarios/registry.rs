@@ -482,10 +482,11 @@ impl OursProber {
         // registration came first.
         let Self { client, stream, .. } = self;
         let start = Instant::now();
-        let (lease, seen) = tokio::try_join!(Ours::register(client, "bench", &id, 30), async {
-            Ours::wait_for(stream, ChangeKind::Added, &id).await?;
-            anyhow::Ok(Instant::now())
-        })?;
+        let (lease, seen) =
+            tokio::try_join!(super::register(client, "bench", &id, 9, 30), async {
+                Ours::wait_for(stream, ChangeKind::Added, &id).await?;
+                anyhow::Ok(Instant::now())
+            })?;
         let took = seen - start;
         self.client
             .clone()
@@ -542,44 +543,6 @@ impl Ours {
         })
     }
 
-    async fn register(
-        client: &RegistryClient,
-        service: &str,
-        id: &str,
-        ttl: u32,
-    ) -> anyhow::Result<u64> {
-        let response = client
-            .clone()
-            .register(pb::RegisterRequest {
-                service: service.into(),
-                instance_id: id.into(),
-                address: "http://127.0.0.1:9".into(),
-                metadata: Default::default(),
-                ttl_seconds: ttl,
-            })
-            .await
-            .with_context(|| format!("cannot register {id} in {service}"))?;
-        Ok(response.into_inner().lease_id)
-    }
-
-    async fn watch(
-        client: &RegistryClient,
-        service: &str,
-    ) -> anyhow::Result<tonic::Streaming<pb::WatchResponse>> {
-        let mut stream = client
-            .clone()
-            .watch(pb::WatchRequest {
-                service: service.into(),
-                since_revision: 0,
-            })
-            .await
-            .with_context(|| format!("cannot watch {service}"))?
-            .into_inner();
-        // The first message is the snapshot.
-        stream.message().await?.context("the watch ended at once")?;
-        Ok(stream)
-    }
-
     /// Waits on `stream` for a change of `kind` to instance `id`.
     async fn wait_for(
         stream: &mut tonic::Streaming<pb::WatchResponse>,
@@ -604,7 +567,7 @@ impl Ours {
     async fn prober(&self) -> anyhow::Result<OursProber> {
         let (client, _) = &self.bench;
         Ok(OursProber {
-            stream: Self::watch(client, "bench").await?,
+            stream: super::watch(client, "bench").await?.0,
             client: client.clone(),
             round: rand_suffix(),
             next: 0,
@@ -632,7 +595,7 @@ impl Ours {
         }
         let mut tasks = Vec::new();
         for w in 0..watchers {
-            let mut stream = Self::watch(&connections[w / 100], "fan").await?;
+            let (mut stream, _) = super::watch(&connections[w / 100], "fan").await?;
             let tx = tx.clone();
             tasks.push(tokio::spawn(async move {
                 while let Ok(Some(message)) = stream.message().await {
@@ -656,7 +619,7 @@ impl Ours {
                 Box::pin(async move {
                     let id = format!("f{r}");
                     let start = Instant::now();
-                    Ours::register(&client, "fan", &id, 30).await?;
+                    super::register(&client, "fan", &id, 9, 30).await?;
                     Ok((id, start))
                 })
             }),
@@ -665,7 +628,7 @@ impl Ours {
 
     async fn expiry(&self, n: usize) -> anyhow::Result<Run> {
         let (client, _) = &self.expiry;
-        let mut stream = Self::watch(client, "expiry").await?;
+        let (mut stream, _) = super::watch(client, "expiry").await?;
         // Removals are timed as they arrive, while registrations still go on.
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
         let reader = tokio::spawn(async move {
@@ -683,7 +646,7 @@ impl Ours {
         let mut due = std::collections::HashMap::new();
         for i in 0..n {
             let id = format!("e{i}");
-            Self::register(client, "expiry", &id, EXPIRY_TTL).await?;
+            super::register(client, "expiry", &id, 9, EXPIRY_TTL).await?;
             due.insert(id, Instant::now() + Duration::from_secs(EXPIRY_TTL.into()));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -714,7 +677,7 @@ impl Ours {
             let registered = join_all(
                 chunk
                     .iter()
-                    .map(|id| Self::register(client, "fleet", id, FLEET_TTL)),
+                    .map(|id| super::register(client, "fleet", id, 9, FLEET_TTL)),
             )
             .await;
             for lease in registered {

@@ -60,7 +60,7 @@ use crate::{
     loadgen::Run,
     procs::{Cost, Meter, Metered, Registry, create_service},
     report::{Check, Row, Section},
-    scenarios::Config,
+    scenarios::{Config, register, watch},
 };
 
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -409,6 +409,20 @@ impl Ads {
         ));
     }
 
+    /// ACKs every response up to the next EDS one, and returns when that
+    /// arrived and the instances it lists; `None` once the stream ends or
+    /// sends an EDS response that does not decode.
+    async fn next_endpoints(&mut self, subscribed: &Subscribed) -> Option<(Instant, Vec<String>)> {
+        while let Ok(Some(response)) = self.responses.message().await {
+            let at = Instant::now();
+            self.ack(subscribed, &response);
+            if response.type_url == ENDPOINTS {
+                return endpoint_ids(&response).ok().map(|ids| (at, ids));
+            }
+        }
+        None
+    }
+
     async fn next(&mut self) -> anyhow::Result<DiscoveryResponse> {
         tokio::time::timeout(ARRIVAL_TIMEOUT, self.responses.message())
             .await
@@ -498,27 +512,6 @@ fn endpoint_ids(response: &DiscoveryResponse) -> anyhow::Result<Vec<String>> {
 
 // === the registry's side ===
 
-async fn register(
-    client: &RegistryClient,
-    service: &str,
-    id: &str,
-    port: u16,
-    ttl: u32,
-) -> anyhow::Result<u64> {
-    let response = client
-        .clone()
-        .register(pb::RegisterRequest {
-            service: service.into(),
-            instance_id: id.into(),
-            address: format!("http://127.0.0.1:{port}"),
-            metadata: Default::default(),
-            ttl_seconds: ttl,
-        })
-        .await
-        .with_context(|| format!("cannot register {id} in {service}"))?;
-    Ok(response.into_inner().lease_id)
-}
-
 async fn deregister(client: &RegistryClient, lease: u64) -> anyhow::Result<()> {
     client
         .clone()
@@ -529,24 +522,6 @@ async fn deregister(client: &RegistryClient, lease: u64) -> anyhow::Result<()> {
         .await
         .context("cannot deregister")?;
     Ok(())
-}
-
-/// A native `Watch` of `service`, and its first message (the snapshot).
-async fn watch(
-    client: &RegistryClient,
-    service: &str,
-) -> anyhow::Result<(tonic::Streaming<pb::WatchResponse>, pb::WatchResponse)> {
-    let mut stream = client
-        .clone()
-        .watch(pb::WatchRequest {
-            service: service.into(),
-            since_revision: 0,
-        })
-        .await
-        .with_context(|| format!("cannot watch {service}"))?
-        .into_inner();
-    let first = stream.message().await?.context("the watch ended at once")?;
-    Ok((stream, first))
 }
 
 // === propagation ===
@@ -592,15 +567,7 @@ async fn propagation(
     // Arrivals are timed by a task per subscriber, as they come.
     let ads_reader = tokio::spawn(async move {
         let mut known: HashSet<String> = HashSet::new();
-        while let Ok(Some(response)) = ads.responses.message().await {
-            let at = Instant::now();
-            ads.ack(&subscribed, &response);
-            if response.type_url != ENDPOINTS {
-                continue;
-            }
-            let Ok(ids) = endpoint_ids(&response) else {
-                return;
-            };
+        while let Some((at, ids)) = ads.next_endpoints(&subscribed).await {
             let now: HashSet<String> = ids.into_iter().collect();
             for id in now.difference(&known) {
                 let _ = xtx.send(Seen::Added(id.clone(), at));
@@ -1076,15 +1043,7 @@ async fn expire(
 
 /// Follows an ADS stream: ACKs every response, and tallies each EDS one.
 async fn follow_ads(mut ads: Ads, subscribed: Subscribed, tally: Arc<Mutex<Tally>>) {
-    while let Ok(Some(response)) = ads.responses.message().await {
-        let at = Instant::now();
-        ads.ack(&subscribed, &response);
-        if response.type_url != ENDPOINTS {
-            continue;
-        }
-        let Ok(ids) = endpoint_ids(&response) else {
-            break;
-        };
+    while let Some((at, ids)) = ads.next_endpoints(&subscribed).await {
         let mut tally = tally.lock().expect("tally");
         tally.updates += 1;
         tally.show(ids.iter().map(String::as_str), at);
