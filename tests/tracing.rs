@@ -24,12 +24,17 @@ fn traceparent(n: u8) -> (String, String, String) {
     (format!("00-{trace}-{parent}-01"), trace, parent)
 }
 
-/// `GET /` with a `traceparent` header; the status.
+/// The `tracestate` the upstream proxy sends with every page.
+const PROXY_STATE: &str = "proxy=7f";
+
+/// `GET /` with a `traceparent` header (and the proxy's `tracestate`); the
+/// status.
 async fn page(addr: SocketAddr, traceparent: &str) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\ntraceparent: {traceparent}\r\nConnection: close\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: {addr}\r\ntraceparent: {traceparent}\r\n\
+         tracestate: {PROXY_STATE}\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = Vec::new();
@@ -119,6 +124,10 @@ async fn one_page_is_one_trace_from_the_shop_to_the_instances() {
         assert_eq!(served[0].service, "ratings-server");
         assert_eq!(served[0].kind, "server");
         assert_eq!(served[0].name, "market.ratings.v1.Ratings/Get");
+        assert_eq!(
+            served[0].trace_state, PROXY_STATE,
+            "the proxy's tracestate went along to the instance"
+        );
         assert!([one.id.as_str(), two.id.as_str()].contains(&instance));
     }
     let instances: BTreeSet<&str> = calls

@@ -107,3 +107,32 @@ pub(crate) fn main(args: Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// `bench receiver`: a `test_support::Otlp` endpoint in a process of its
+/// own, until interrupted. It keeps the first `test_support::otlp::MAX_SPANS`
+/// spans and counts the rest.
+pub(crate) fn receiver() -> anyhow::Result<()> {
+    crate::runtime()?.block_on(async {
+        let receiver = test_support::Otlp::start().await;
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", receiver.url());
+        }
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{} exports, {} spans beyond those kept",
+                    receiver.exports(),
+                    receiver.dropped()
+                );
+            }
+        }
+    })
+}

@@ -56,12 +56,20 @@ enum Command {
     /// scenario 1's traces comparison.
     #[command(hide = true)]
     Caller(caller::Args),
+    /// An OTLP trace endpoint on 127.0.0.1:0 that keeps what it receives,
+    /// as scenario 1's traces comparison runs one, for measuring a
+    /// `bench caller` by hand: prints its URL, then the spans received
+    /// exports every 5 s, until interrupted.
+    #[command(hide = true)]
+    Receiver,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
-    if let Some(Command::Caller(args)) = cli.command.take() {
-        return caller::main(args);
+    match cli.command.take() {
+        Some(Command::Caller(args)) => return caller::main(args),
+        Some(Command::Receiver) => return caller::receiver(),
+        None => {}
     }
     let runtime = runtime()?;
     // On Ctrl-C or SIGTERM the run is dropped, which kills every process it

@@ -116,8 +116,9 @@ impl Drop for Telemetry {
 }
 
 /// Sets up logging (and traces, when asked) for the daemon `service`, as
-/// `args` say. Call it inside a Tokio runtime when traces are on (the OTLP
-/// exporter's connection runs on it).
+/// `args` say. Spans are exported from threads of their own (the batch
+/// processor's, and a one-thread runtime for the OTLP connection), never
+/// from the caller's runtime.
 pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
     let filter = log_filter();
     let logs = match args.log_format {
@@ -239,17 +240,30 @@ fn tracer_provider(
     service: &'static str,
 ) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
     use opentelemetry_otlp::WithExportConfig as _;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(EXPORT_TIMEOUT)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
         .build()?;
+    // The exporter's connection is a task of that runtime.
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()?
+    };
+    let exporter = Counting {
+        exporter,
+        runtime: Some(runtime),
+    };
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
         .with_max_queue_size(MAX_QUEUED_SPANS);
     if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
         batch = batch.with_scheduled_delay(EXPORT_EVERY);
     }
-    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Counting(exporter))
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
         .with_batch_config(batch.build())
         .build();
     let mut resource = opentelemetry_sdk::Resource::builder();
@@ -267,9 +281,30 @@ fn tracer_provider(
     Ok(provider)
 }
 
-/// The exporter, counting what went and what failed.
+/// The exporter, on a runtime of its own, counting what went and what
+/// failed.
+///
+/// The batch processor's thread exports each batch: it turns the spans
+/// into OTLP messages and waits for the collector's answer, while the
+/// connection (encoding the message, writing it, reading the answer) runs
+/// on a one-thread runtime kept for it. So no part of an export runs on
+/// the runtime that serves requests, whose threads it would hold up for as
+/// long as a batch takes to encode.
 #[derive(Debug)]
-struct Counting<E>(E);
+struct Counting<E> {
+    exporter: E,
+    /// `None` once dropped; it is shut down without waiting for its tasks,
+    /// which is allowed on any thread.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl<E> Drop for Counting<E> {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
 
 impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
     for Counting<E>
@@ -279,7 +314,16 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
         batch: Vec<opentelemetry_sdk::trace::SpanData>,
     ) -> opentelemetry_sdk::error::OTelSdkResult {
         let spans = batch.len() as u64;
-        let result = self.0.export(batch).await;
+        let export = self.exporter.export(batch);
+        let result = match &self.runtime {
+            // The processor's thread blocks on its exports anyway; here it
+            // does so with the exporter's runtime entered, its timers and
+            // connection at hand.
+            Some(runtime) if tokio::runtime::Handle::try_current().is_err() => {
+                runtime.handle().block_on(export)
+            }
+            _ => export.await,
+        };
         SPANS_PENDING.fetch_sub(spans, Ordering::Relaxed);
         match &result {
             Ok(()) => SPANS_EXPORTED.fetch_add(spans, Ordering::Relaxed),
@@ -289,15 +333,15 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        self.exporter.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.force_flush()
+        self.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.0.set_resource(resource);
+        self.exporter.set_resource(resource);
     }
 }
 

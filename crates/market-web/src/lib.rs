@@ -159,8 +159,8 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         "request",
         otel.name = tracing::field::Empty,
         otel.kind = "server",
-        http.method = %request.method(),
-        http.path = %request.uri().path(),
+        http.method = request.method().as_str(),
+        http.path = request.uri().path(),
     );
     if !span.is_disabled() {
         span.record(

@@ -323,7 +323,7 @@ where
             "call",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
-            service = %self.shared.pool.service(),
+            service = &**self.shared.pool.service(),
             outcome = tracing::field::Empty,
         );
         let inner = span.in_scope(|| self.stack.call(Attempt::new(request)));

@@ -1,12 +1,19 @@
 //! W3C trace context on the way out: every attempt carries the context of
-//! its own span (`traceparent`, `tracestate`), so that the instance's server
-//! span is the child of the attempt that reached it.
+//! its own span (`traceparent`, and `tracestate` when the trace has one), so
+//! that the instance's server span is the child of the attempt that reached
+//! it.
 //!
 //! The stack's spans are at `debug` level under the [`TARGET`] target: a
 //! process that exports traces enables them (its OpenTelemetry layer), one
 //! that does not pays one disabled-callsite check per span. The context is
-//! written by the global text-map propagator, which does nothing until a
-//! process installs one.
+//! written only for a span that OpenTelemetry traces (its `tracing`
+//! subscriber has the `tracing-opentelemetry` layer); otherwise nothing is.
+//!
+//! The headers are written here, in the W3C format, not by OpenTelemetry's
+//! global text-map propagator: that one takes a process-wide lock and
+//! formats each header through `format!`, a cost paid on every attempt.
+//! Another format (B3, say) can be written by a layer of your own around
+//! each instance ([`crate::Builder::instance_layer`]).
 //!
 //! [`TraceContextLayer`] does the same for any HTTP service, a tonic
 //! `Channel` for instance, so that a client of your own carries the context
@@ -14,7 +21,8 @@
 
 use std::task::{Context, Poll};
 
-use opentelemetry::propagation::Injector;
+use http::HeaderValue;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceState};
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -22,42 +30,68 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 /// attempt (retries and hedges are siblings under their call).
 pub const TARGET: &str = "resilience::trace";
 
-/// Writes the current span's context into gRPC metadata; nothing when no
-/// span is entered or no propagator is installed.
-pub(crate) fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
+/// The W3C header that carries a trace's and its parent span's ids.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The W3C header that carries vendors' state along a trace.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The current span's trace context: its `traceparent`, and the trace's
+/// `tracestate` when it has any; `None` when no traced span is entered.
+fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
     let span = tracing::Span::current();
     if span.is_none() {
-        return;
+        return None;
     }
     let context = span.context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut MetadataInjector(metadata));
-    });
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (traceparent(ids), tracestate(ids.trace_state())))
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+/// The length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
 
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value),
-        ) {
-            self.0.insert(key, value);
+/// `00-<trace id>-<span id>-<flags>`, the version-00 `traceparent` of `ids`
+/// (of its flags, only `sampled` is defined, and written).
+fn traceparent(ids: &SpanContext) -> [u8; TRACEPARENT_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
     }
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut value[3..35], &ids.trace_id().to_bytes());
+    hex(&mut value[36..52], &ids.span_id().to_bytes());
+    hex(&mut value[53..55], &[ids.trace_flags().to_u8() & 1]);
+    value
 }
 
-struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+/// The `tracestate` of a trace, if it has any state.
+fn tracestate(state: &TraceState) -> Option<String> {
+    if *state == TraceState::NONE {
+        return None;
+    }
+    Some(state.header()).filter(|header| !header.is_empty())
+}
 
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::try_from(value),
-        ) {
-            self.0.insert(key, value);
-        }
+/// Writes the current span's context into gRPC metadata; nothing when no
+/// traced span is entered.
+pub(crate) fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
+    use tonic::metadata::MetadataValue;
+    let Some((parent, state)) = current_trace_context() else {
+        return;
+    };
+    // Hex digits and dashes; the state's keys and values were checked
+    // (printable ASCII) when it was read.
+    if let Ok(parent) = MetadataValue::try_from(&parent[..]) {
+        metadata.insert(TRACEPARENT, parent);
+    }
+    if let Some(Ok(state)) = state.map(MetadataValue::try_from) {
+        metadata.insert(TRACESTATE, state);
     }
 }
 
@@ -92,12 +126,14 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> S::Future {
-        let span = tracing::Span::current();
-        if !span.is_none() {
-            let context = span.context();
-            opentelemetry::global::get_text_map_propagator(|propagator| {
-                propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
-            });
+        if let Some((parent, state)) = current_trace_context() {
+            let headers = request.headers_mut();
+            if let Ok(parent) = HeaderValue::from_bytes(&parent) {
+                headers.insert(TRACEPARENT, parent);
+            }
+            if let Some(Ok(state)) = state.map(HeaderValue::try_from) {
+                headers.insert(TRACESTATE, state);
+            }
         }
         self.inner.call(request)
     }
@@ -120,5 +156,114 @@ pub(crate) fn record_outcome(span: &tracing::Span, outcome: &'static str) {
     span.record("outcome", outcome);
     if outcome != "ok" {
         span.record("otel.status_code", "ERROR");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::{
+        propagation::TextMapPropagator as _,
+        trace::{SpanId, TraceFlags, TraceId, TracerProvider as _},
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tower::ServiceExt as _;
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    fn ids(flags: TraceFlags, state: TraceState) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("a trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("a span id"),
+            flags,
+            true,
+            state,
+        )
+    }
+
+    /// What OpenTelemetry's own propagator writes for `ids`.
+    fn reference(ids: SpanContext) -> std::collections::HashMap<String, String> {
+        let mut headers = std::collections::HashMap::new();
+        let context = opentelemetry::Context::new().with_remote_span_context(ids);
+        TraceContextPropagator::new().inject_context(&context, &mut headers);
+        headers
+    }
+
+    #[test]
+    fn the_traceparent_is_the_one_opentelemetry_writes() {
+        for flags in [
+            TraceFlags::SAMPLED,
+            TraceFlags::NOT_SAMPLED,
+            TraceFlags::new(0xff),
+        ] {
+            let context = ids(flags, TraceState::NONE);
+            let ours = traceparent(&context);
+            assert_eq!(
+                std::str::from_utf8(&ours).expect("ASCII"),
+                reference(context)[TRACEPARENT],
+                "flags {flags:?}"
+            );
+        }
+        assert_eq!(
+            &traceparent(&ids(TraceFlags::SAMPLED, TraceState::NONE)),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
+
+    #[test]
+    fn a_tracestate_is_written_only_when_the_trace_has_one() {
+        assert_eq!(tracestate(&TraceState::NONE), None);
+        let state: TraceState = "proxy=7f,vendor=a1".parse().expect("a tracestate");
+        let written = tracestate(&state);
+        assert_eq!(
+            written.as_deref(),
+            Some(reference(ids(TraceFlags::SAMPLED, state))[TRACESTATE].as_str())
+        );
+        assert_eq!(written.as_deref(), Some("proxy=7f,vendor=a1"));
+    }
+
+    /// The layer writes the context of the span a request is sent in: the
+    /// trace of the span's parent (here a remote one, with a tracestate),
+    /// with the span's own id.
+    #[tokio::test]
+    async fn the_layer_writes_the_context_of_the_span_it_is_called_in() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let state: TraceState = "proxy=7f".parse().expect("a tracestate");
+        let remote =
+            opentelemetry::Context::new().with_remote_span_context(ids(TraceFlags::SAMPLED, state));
+        let span = tracing::info_span!("call");
+        span.set_parent(remote).expect("a parent");
+        let own_id = span.context().span().span_context().span_id();
+
+        let service =
+            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(request.headers().clone())
+            }));
+        let headers = service
+            .oneshot(http::Request::new(()))
+            .instrument(span)
+            .await
+            .expect("infallible");
+        assert_eq!(
+            headers[TRACEPARENT],
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{own_id}-01").as_str()
+        );
+        assert_eq!(headers[TRACESTATE], "proxy=7f");
+
+        // Outside any span, nothing is written.
+        let service =
+            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(request.headers().clone())
+            }));
+        let headers = service
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("infallible");
+        assert!(headers.is_empty(), "{headers:?}");
     }
 }

@@ -223,6 +223,8 @@ pub struct ReceivedSpan {
     pub events: Vec<(String, BTreeMap<String, String>)>,
     /// `"unset"`, `"ok"` or `"error"`.
     pub status: &'static str,
+    /// The W3C `tracestate` of its trace, `""` without one.
+    pub trace_state: String,
 }
 
 impl ReceivedSpan {
@@ -255,8 +257,21 @@ impl State {
     }
 
     fn record(&self, request: ExportTraceServiceRequest) {
-        let spans = flatten(request);
-        {
+        // Once full, spans are only counted: the endpoint then costs what a
+        // collector's decoding does, not what keeping them would.
+        let full = self.lock().spans.len() >= MAX_SPANS;
+        if full {
+            let spans = request
+                .resource_spans
+                .iter()
+                .flat_map(|resource| &resource.scope_spans)
+                .map(|scope| scope.spans.len())
+                .sum::<usize>();
+            let mut received = self.lock();
+            received.exports += 1;
+            received.dropped += spans;
+        } else {
+            let spans = flatten(request);
             let mut received = self.lock();
             received.exports += 1;
             let room = MAX_SPANS.saturating_sub(received.spans.len());
@@ -344,6 +359,7 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     .map(|event| (event.name.clone(), attributes(&event.attributes)))
                     .collect(),
                 status,
+                trace_state: span.trace_state,
             });
         }
     }
@@ -469,6 +485,7 @@ mod tests {
             trace_id,
             span_id: vec![0, 0, 0, 0, 0, 0, 0, 0x2a],
             parent_span_id: parent.span_id.clone(),
+            trace_state: "market=1".to_owned(),
             name: "registry.Resolve".to_owned(),
             kind: SpanKind::Client as i32,
             events: vec![Event {
@@ -547,6 +564,10 @@ mod tests {
         assert_eq!(child.trace_id, parent.trace_id);
         assert_eq!(child.span_id, "000000000000002a");
         assert_eq!(child.parent_span_id, parent.span_id);
+        assert_eq!(
+            (parent.trace_state.as_str(), child.trace_state.as_str()),
+            ("", "market=1")
+        );
         assert_eq!(child.kind, "client");
         assert_eq!(child.status, "error");
         assert!(child.attributes.is_empty());
@@ -591,10 +612,20 @@ mod tests {
         let span = state.lock().spans[0].clone();
         state.lock().spans = vec![span; MAX_SPANS - 1];
         state.record(request());
+        {
+            let received = state.lock();
+            assert_eq!(received.spans.len(), MAX_SPANS);
+            assert_eq!(received.dropped, 1);
+            assert_eq!(received.exports, 2);
+        }
+        // Full, it counts what arrives and keeps what it had.
+        let kept = state.lock().spans[MAX_SPANS - 1].span_id.clone();
+        state.record(request());
         let received = state.lock();
         assert_eq!(received.spans.len(), MAX_SPANS);
-        assert_eq!(received.dropped, 1);
-        assert_eq!(received.exports, 2);
+        assert_eq!(received.spans[MAX_SPANS - 1].span_id, kept);
+        assert_eq!(received.dropped, 3);
+        assert_eq!(received.exports, 3);
     }
 
     #[tokio::test]

@@ -297,9 +297,9 @@ where
             "attempt",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
-            service = %label.service,
-            instance = %label.instance,
-            address = %label.address,
+            service = &*label.service,
+            instance = &*label.instance,
+            address = &*label.address,
             outcome = tracing::field::Empty,
         );
         let future = span.in_scope(|| state.cache.call_ready_index(index, attempt));
@@ -322,7 +322,7 @@ where
             "attempt",
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
-            service = %self.shared.service,
+            service = &*self.shared.service,
             outcome = tracing::field::Empty,
         );
         crate::trace::record_outcome(&span, outcome);
