@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use test_support::{Cluster, Otlp, ReceivedSpan, Signal, Web};
+use test_support::{Cluster, Otlp, Proc, ReceivedSpan, Signal, Web};
 
 /// How long the spans of a page may take to arrive (they are exported in
 /// batches, once a second).
@@ -228,4 +228,55 @@ async fn the_registry_continues_a_callers_trace() {
     assert_eq!(spans[0].kind, "server");
     assert_eq!(spans[0].parent_span_id, parent);
     assert_eq!(spans[0].name, "market.registry.v1.Registry/Resolve");
+}
+
+/// The one-command demo gives `--otlp-endpoint` and `--log-format` to every
+/// process it starts: a page is one trace from the shop to the instances,
+/// the registry exports its own spans, and the lines the demo echoes are
+/// JSON behind each process's name.
+#[tokio::test]
+async fn the_demo_traces_every_process_it_starts() {
+    let otlp = Otlp::start().await;
+    let url = otlp.url();
+    let demo = Proc::spawn(
+        "market",
+        [
+            "--any-ports",
+            "--otlp-endpoint",
+            url.as_str(),
+            "--log-format",
+            "json",
+        ],
+    );
+    let shop = test_support::socket_addr(&demo.listening("market").await);
+    let (header, trace, proxy) = traceparent(4);
+    assert_eq!(page(shop, &header).await, 200);
+    let spans = otlp
+        .wait_for(ARRIVAL, |spans| {
+            let traced: BTreeSet<(&str, &str)> = of_trace(spans, &trace)
+                .iter()
+                .map(|span| (span.service.as_str(), span.kind))
+                .collect();
+            traced.contains(&("market-web", "server"))
+                && traced.contains(&("ratings-server", "server"))
+                && spans.iter().any(|span| span.service == "registryd")
+        })
+        .await;
+    let request = of_trace(&spans, &trace)
+        .into_iter()
+        .find(|span| span.service == "market-web" && span.kind == "server")
+        .expect("the page's server span");
+    assert_eq!(request.parent_span_id, proxy);
+
+    // The ratings instance's line for one of the page's lookups, as the
+    // demo echoed it: JSON behind the process's name, in the page's trace.
+    let lines = demo.child().lines_after(0);
+    let logged = lines
+        .iter()
+        .filter_map(|line| line.split_once(" | "))
+        .filter(|(name, _)| name.trim().starts_with("ratings-"))
+        .filter_map(|(_, json)| serde_json::from_str::<serde_json::Value>(json).ok())
+        .find(|line| line["trace_id"] == trace.as_str());
+    let logged = logged.unwrap_or_else(|| panic!("no JSON line of the trace: {}", demo.output()));
+    assert_eq!(logged["service"], "ratings-server", "{logged}");
 }

@@ -72,6 +72,18 @@ pub struct LogArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+impl LogArgs {
+    /// The flags that give these settings to a child (which reads no
+    /// setting from the environment when a supervisor started it).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![self.log_format.to_arg().to_owned()];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            args.push(format!("--otlp-endpoint={endpoint}"));
+        }
+        args
+    }
+}
+
 /// The most spans waiting for export; one more is dropped (and counted).
 pub const MAX_QUEUED_SPANS: usize = 2048;
 

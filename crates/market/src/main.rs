@@ -85,6 +85,12 @@ pub(crate) struct DemoArgs {
     /// The shop's client policy.
     #[command(flatten)]
     pub(crate) policy: market_web::cli::PolicyArgs,
+
+    /// Every process's log format and trace export: each of them writes its
+    /// lines (shown here behind its name) as text or JSON, and with an
+    /// endpoint exports its spans there, under its own service name.
+    #[command(flatten)]
+    pub(crate) log: daemon::LogArgs,
 }
 
 fn main() -> anyhow::Result<()> {

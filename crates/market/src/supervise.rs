@@ -159,29 +159,25 @@ async fn start_all(
         web_args.push("--monolith".to_owned());
     } else {
         let admin = registryd::auth::generate(registryd::auth::TokenKind::Admin);
-        let registry = start(
-            exe,
-            "registryd",
-            &[
-                "registryd".to_owned(),
-                "--listen".to_owned(),
-                registry_listen.to_string(),
-                "--data-dir".to_owned(),
-                data_dir.display().to_string(),
-                "--admin-token".to_owned(),
-                admin.clone(),
-                "--xds-listen".to_owned(),
-                xds_listen.to_string(),
-                // Python's grpcio fires an xDS route's timeout 1 to 2 s
-                // early (grpc/grpc#40633): with the contract's 1 s every
-                // call of the demo's Python users would fail at once, so
-                // the demo's routes carry none; set a deadline per call.
-                "--xds-timeout".to_owned(),
-                "ratings=0s".to_owned(),
-            ],
-            Output::Echo,
-            "info",
-        )?;
+        let mut registry_args = vec![
+            "registryd".to_owned(),
+            "--listen".to_owned(),
+            registry_listen.to_string(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--admin-token".to_owned(),
+            admin.clone(),
+            "--xds-listen".to_owned(),
+            xds_listen.to_string(),
+            // Python's grpcio fires an xDS route's timeout 1 to 2 s
+            // early (grpc/grpc#40633): with the contract's 1 s every
+            // call of the demo's Python users would fail at once, so
+            // the demo's routes carry none; set a deadline per call.
+            "--xds-timeout".to_owned(),
+            "ratings=0s".to_owned(),
+        ];
+        registry_args.extend(args.log.to_args());
+        let registry = start(exe, "registryd", &registry_args, Output::Echo, "info")?;
         let url = registry.listening("registryd", READY).await?;
         let xds = registry.listening("registryd-xds", READY).await?;
         rows.push(format!(
@@ -208,6 +204,7 @@ async fn start_all(
                 if args.any_ports {
                     instance_args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
                 }
+                instance_args.extend(args.log.to_args());
                 let name = format!("{}-{n}", service.name());
                 let instance = start(exe, &name, &instance_args, Output::Echo, "info")?;
                 let address = instance.listening(&name, READY).await?;
@@ -242,6 +239,7 @@ async fn start_all(
         registry_url = Some(url);
     }
 
+    web_args.extend(args.log.to_args());
     let web = start(exe, "market-web", &web_args, Output::Echo, "info")?;
     let shop = web.listening("market-web", READY).await?;
     let addr = socket_addr(&shop)?;
