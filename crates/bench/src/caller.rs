@@ -8,6 +8,9 @@
 //!
 //! It syncs with the registry and warms up before it measures, then prints
 //! one JSON line on stdout, `{"caller":{...}}`, and exits.
+//!
+//! `bench receiver` is its counterpart for runs by hand: the receiver
+//! scenario 1 exports to, as a process of its own.
 
 use std::time::{Duration, Instant};
 
@@ -128,9 +131,9 @@ pub(crate) fn receiver() -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 println!(
-                    "{} exports, {} spans beyond those kept",
-                    receiver.exports(),
-                    receiver.dropped()
+                    "{} spans in {} exports",
+                    receiver.received(),
+                    receiver.exports()
                 );
             }
         }

@@ -56,10 +56,10 @@ enum Command {
     /// scenario 1's traces comparison.
     #[command(hide = true)]
     Caller(caller::Args),
-    /// An OTLP trace endpoint on 127.0.0.1:0 that keeps what it receives,
-    /// as scenario 1's traces comparison runs one, for measuring a
-    /// `bench caller` by hand: prints its URL, then the spans received
-    /// exports every 5 s, until interrupted.
+    /// The OTLP trace endpoint scenario 1's traces comparison exports to,
+    /// on 127.0.0.1:0, for measuring a `bench caller` by hand: prints its
+    /// URL, then every 5 s the spans and exports received, until
+    /// interrupted.
     #[command(hide = true)]
     Receiver,
 }

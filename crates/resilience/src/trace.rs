@@ -31,10 +31,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 pub const TARGET: &str = "resilience::trace";
 
 /// The W3C header that carries a trace's and its parent span's ids.
-pub const TRACEPARENT: &str = "traceparent";
+const TRACEPARENT: &str = "traceparent";
 
 /// The W3C header that carries vendors' state along a trace.
-pub const TRACESTATE: &str = "tracestate";
+const TRACESTATE: &str = "tracestate";
 
 /// The current span's trace context: its `traceparent`, and the trace's
 /// `tracestate` when it has any; `None` when no traced span is entered.
@@ -78,21 +78,28 @@ fn tracestate(state: &TraceState) -> Option<String> {
     Some(state.header()).filter(|header| !header.is_empty())
 }
 
-/// Writes the current span's context into gRPC metadata; nothing when no
-/// traced span is entered.
-pub(crate) fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
-    use tonic::metadata::MetadataValue;
+/// Hands each header of the current span's trace context to `set`, as its
+/// name and value: nothing when no traced span is entered.
+fn write_trace_context(mut set: impl FnMut(&'static str, &[u8])) {
     let Some((parent, state)) = current_trace_context() else {
         return;
     };
+    set(TRACEPARENT, &parent);
+    if let Some(state) = state {
+        set(TRACESTATE, state.as_bytes());
+    }
+}
+
+/// Writes the current span's context into gRPC metadata; nothing when no
+/// traced span is entered.
+pub(crate) fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
     // Hex digits and dashes; the state's keys and values were checked
     // (printable ASCII) when it was read.
-    if let Ok(parent) = MetadataValue::try_from(&parent[..]) {
-        metadata.insert(TRACEPARENT, parent);
-    }
-    if let Some(Ok(state)) = state.map(MetadataValue::try_from) {
-        metadata.insert(TRACESTATE, state);
-    }
+    write_trace_context(|name, value| {
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(value) {
+            metadata.insert(name, value);
+        }
+    });
 }
 
 /// Adds the trace context of the span a request is sent in to its headers.
@@ -126,15 +133,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> S::Future {
-        if let Some((parent, state)) = current_trace_context() {
-            let headers = request.headers_mut();
-            if let Ok(parent) = HeaderValue::from_bytes(&parent) {
-                headers.insert(TRACEPARENT, parent);
+        let headers = request.headers_mut();
+        write_trace_context(|name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name, value);
             }
-            if let Some(Ok(state)) = state.map(HeaderValue::try_from) {
-                headers.insert(TRACESTATE, state);
-            }
-        }
+        });
         self.inner.call(request)
     }
 }

@@ -177,6 +177,13 @@ impl Otlp {
         self.state.lock().exports
     }
 
+    /// How many spans arrived in all, kept or not (without copying them, as
+    /// [`Otlp::spans`] does).
+    pub fn received(&self) -> usize {
+        let received = self.state.lock();
+        received.spans.len() + received.dropped
+    }
+
     /// How many spans arrived beyond the first [`MAX_SPANS`], and were not kept.
     pub fn dropped(&self) -> usize {
         self.state.lock().dropped

@@ -206,7 +206,7 @@ async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyho
     }
     let exported: u64 = traced_runs.iter().map(|m| m.spans_exported).sum();
     let dropped: u64 = traced_runs.iter().map(|m| m.spans_dropped).sum();
-    let received = receiver.spans().len() + receiver.dropped();
+    let received = receiver.received();
     section.note(format!(
         "Traces: the traced callers exported {exported} spans (warm-up included) and dropped \
          {dropped} at their bound; the receiver got {received} in {} exports.",
