@@ -238,7 +238,7 @@ async fn the_registry_continues_a_callers_trace() {
 async fn the_demo_traces_every_process_it_starts() {
     let otlp = Otlp::start().await;
     let url = otlp.url();
-    let demo = Proc::spawn(
+    let mut demo = Proc::spawn(
         "market",
         [
             "--any-ports",
@@ -279,4 +279,8 @@ async fn the_demo_traces_every_process_it_starts() {
         .find(|line| line["trace_id"] == trace.as_str());
     let logged = logged.unwrap_or_else(|| panic!("no JSON line of the trace: {}", demo.output()));
     assert_eq!(logged["service"], "ratings-server", "{logged}");
+
+    // It stops what it started, in order, as on Ctrl-C.
+    demo.signal(Signal::SIGINT);
+    assert!(demo.wait_exit(Duration::from_secs(20)).await.success());
 }
