@@ -16,6 +16,9 @@ a line on stdout:
   window SECONDS     calls one after another for SECONDS; then a summary
                      with, for each instance, when (in seconds from the
                      window's start) it answered last
+  until SECONDS ID...
+                     calls one after another until each instance ID has
+                     answered, or for SECONDS at most; then a summary
   no-deadline        one call without a deadline of its own
   retries on|off     a new channel, with gRPC's retries (on by default in
                      grpcio: the xDS route's retry policy applies) or with
@@ -24,7 +27,8 @@ a line on stdout:
 
 Every call prints {"served_by": ...} or {"code": ..., "details": ...}, with
 "elapsed" (seconds). A summary is {"summary": COMMAND, "served": {...},
-"last": {...}, "errors": {...}}. It prints {"started": TARGET} once the
+"first": {...}, "last": {...}, "errors": {...}}, the times in seconds from
+the command's start. It prints {"started": TARGET} once the
 channel exists. It exits with 2 when called wrongly or grpcio is missing.
 """
 
@@ -118,15 +122,24 @@ def main(argv):
         return result
 
     def summary(command, results, started):
-        served, last, errors = {}, {}, {}
+        served, first, last, errors = {}, {}, {}, {}
         for at, result in results:
             if "served_by" in result:
                 who = result["served_by"]
                 served[who] = served.get(who, 0) + 1
+                first.setdefault(who, round(at - started, 3))
                 last[who] = round(at - started, 3)
             else:
                 errors[result["code"]] = errors.get(result["code"], 0) + 1
-        emit({"summary": command, "served": served, "last": last, "errors": errors})
+        emit(
+            {
+                "summary": command,
+                "served": served,
+                "first": first,
+                "last": last,
+                "errors": errors,
+            }
+        )
 
     for line in sys.stdin:
         words = line.split()
@@ -149,6 +162,15 @@ def main(argv):
             while time.monotonic() - started < seconds:
                 result = call(5.0)
                 results.append((time.monotonic(), result))
+            summary(command, results, started)
+        elif command == "until" and len(words) > 2:
+            seconds, waiting = float(words[1]), set(words[2:])
+            started = time.monotonic()
+            results = []
+            while waiting and time.monotonic() - started < seconds:
+                result = call(5.0)
+                results.append((time.monotonic(), result))
+                waiting.discard(result.get("served_by"))
             summary(command, results, started)
         elif command == "no-deadline":
             call(None)
