@@ -129,6 +129,16 @@ async fn one_page_is_one_trace_from_the_shop_to_the_instances() {
             "the proxy's tracestate went along to the instance"
         );
         assert!([one.id.as_str(), two.id.as_str()].contains(&instance));
+        // The log's `using instance` line says what the attempt's fields
+        // say, and is left out of the trace.
+        assert!(
+            !call
+                .events
+                .iter()
+                .chain(&attempt.events)
+                .any(|(name, _)| name.contains("using instance")),
+            "{call:#?}\n{attempt:#?}"
+        );
     }
     let instances: BTreeSet<&str> = calls
         .iter()
@@ -151,6 +161,11 @@ async fn one_page_is_one_trace_from_the_shop_to_the_instances() {
             .any(|line| line["trace_id"] == trace.as_str())
     };
     assert!(logged(&web.proc, "ASK for"), "{}", web.proc.output());
+    assert!(
+        logged(&web.proc, "ratings using instance "),
+        "{}",
+        web.proc.output()
+    );
     assert!(
         logged(&one.proc, "GET ") || logged(&two.proc, "GET "),
         "{}\n{}",

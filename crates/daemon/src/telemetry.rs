@@ -196,7 +196,8 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 /// the shop (at `debug`, whatever the log filter says), and the events that
 /// happen in them when they are logged: a trace carries what the log
 /// carries, and an event the log leaves out costs nothing in the trace
-/// either.
+/// either. The stack's per-attempt `using instance` line is left out: the
+/// attempt span's fields say the same.
 fn traced<S>() -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -219,6 +220,12 @@ where
 /// (`[name]=debug`) chooses no event here.
 struct LoggedEvents(tracing_subscriber::EnvFilter);
 
+/// An event, and not one of the stack's log lines that only repeat their
+/// span's fields ([`resilience::trace::LOG_ONLY`]).
+fn is_traced_event(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_event() && meta.name() != resilience::trace::LOG_ONLY
+}
+
 impl<S> tracing_subscriber::layer::Filter<S> for LoggedEvents
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -228,14 +235,14 @@ where
         meta: &tracing::Metadata<'_>,
         cx: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        meta.is_event() && tracing_subscriber::layer::Filter::enabled(&self.0, meta, cx)
+        is_traced_event(meta) && tracing_subscriber::layer::Filter::enabled(&self.0, meta, cx)
     }
 
     fn callsite_enabled(
         &self,
         meta: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if meta.is_event() {
+        if is_traced_event(meta) {
             tracing_subscriber::layer::Filter::<S>::callsite_enabled(&self.0, meta)
         } else {
             tracing::subscriber::Interest::never()

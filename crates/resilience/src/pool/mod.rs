@@ -306,6 +306,7 @@ where
         drop(state);
         if let Some(position) = position {
             tracing::info!(
+                name: crate::trace::LOG_ONLY,
                 service = %label.service,
                 instance = %label.instance,
                 address = %label.address,
