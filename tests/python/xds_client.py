@@ -141,6 +141,20 @@ def main(argv):
             }
         )
 
+    def calls_for(command, seconds, waiting=None):
+        """Calls one after another for `seconds`, or until each instance in
+        `waiting` has answered; then a summary."""
+        started = time.monotonic()
+        results = []
+        while time.monotonic() - started < seconds:
+            result = call(5.0)
+            results.append((time.monotonic(), result))
+            if waiting is not None:
+                waiting.discard(result.get("served_by"))
+                if not waiting:
+                    break
+        summary(command, results, started)
+
     for line in sys.stdin:
         words = line.split()
         if not words:
@@ -156,22 +170,9 @@ def main(argv):
                 results.append((time.monotonic(), result))
             summary(command, results, started)
         elif command == "window":
-            seconds = float(words[1])
-            started = time.monotonic()
-            results = []
-            while time.monotonic() - started < seconds:
-                result = call(5.0)
-                results.append((time.monotonic(), result))
-            summary(command, results, started)
+            calls_for(command, float(words[1]))
         elif command == "until" and len(words) > 2:
-            seconds, waiting = float(words[1]), set(words[2:])
-            started = time.monotonic()
-            results = []
-            while waiting and time.monotonic() - started < seconds:
-                result = call(5.0)
-                results.append((time.monotonic(), result))
-                waiting.discard(result.get("served_by"))
-            summary(command, results, started)
+            calls_for(command, float(words[1]), set(words[2:]))
         elif command == "no-deadline":
             call(None)
         elif command == "retries" and words[1:] in (["on"], ["off"]):
