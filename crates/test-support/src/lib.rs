@@ -22,7 +22,7 @@ mod pki;
 
 pub use daemons::{Cluster, Instance, Ratings, Registry, StoreKind, Visitor, Web};
 pub use etcd::Etcd;
-pub use otlp::{Otlp, ReceivedSpan};
+pub use otlp::{Otlp, ReceivedSpan, Reserved};
 pub use pki::Pki;
 
 /// How long a test waits for a process to print what it should, by default.

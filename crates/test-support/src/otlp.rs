@@ -63,7 +63,33 @@ impl Otlp {
     ///
     /// When it cannot bind 127.0.0.1:0.
     pub async fn start() -> Self {
-        let listener = bind().await;
+        Self::serve(bind().await)
+    }
+
+    /// A port of its own, bound but not listening: a collector that is
+    /// down (a connection is refused) until [`Reserved::open`] starts it
+    /// there.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot bind 127.0.0.1:0.
+    pub fn reserve() -> Reserved {
+        let bound = tokio::net::TcpSocket::new_v4()
+            .and_then(|socket| {
+                socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+                Ok(socket)
+            })
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 for an OTLP endpoint: {e}"));
+        let addr = bound
+            .local_addr()
+            .unwrap_or_else(|e| panic!("the OTLP endpoint's address: {e}"));
+        Reserved {
+            socket: bound,
+            addr,
+        }
+    }
+
+    fn serve(listener: TcpListener) -> Self {
         let addr = local_addr(&listener);
         let state = Arc::new(State::default());
         let service = TraceServiceServer::new(Collector {
@@ -140,25 +166,7 @@ impl Otlp {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Vec<ReceivedSpan> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribed before the first look, so no export slips in between.
-        let mut arrivals = self.state.arrivals.subscribe();
-        loop {
-            arrivals.borrow_and_update();
-            let spans = self.spans();
-            if done(&spans) {
-                return spans;
-            }
-            // The sender lives in `self.state`, so `changed` cannot fail.
-            if tokio::time::timeout_at(deadline, arrivals.changed())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        let spans = self.spans();
-        if done(&spans) {
+        if let Some(spans) = self.arrived_within(timeout, done).await {
             return spans;
         }
         let received = self.state.lock();
@@ -170,6 +178,33 @@ impl Otlp {
             received.dropped,
             summary(&received.spans)
         );
+    }
+
+    /// Waits as [`Otlp::wait_for`] does, and returns `None` when `done`
+    /// does not hold after `timeout`.
+    pub async fn arrived_within(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Option<Vec<ReceivedSpan>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before the first look, so no export slips in between.
+        let mut arrivals = self.state.arrivals.subscribe();
+        loop {
+            arrivals.borrow_and_update();
+            let spans = self.spans();
+            if done(&spans) {
+                return Some(spans);
+            }
+            // The sender lives in `self.state`, so `changed` cannot fail.
+            if tokio::time::timeout_at(deadline, arrivals.changed())
+                .await
+                .is_err()
+            {
+                let spans = self.spans();
+                return done(&spans).then_some(spans);
+            }
+        }
     }
 
     /// How many Export calls arrived.
@@ -187,6 +222,33 @@ impl Otlp {
     /// How many spans arrived beyond the first [`MAX_SPANS`], and were not kept.
     pub fn dropped(&self) -> usize {
         self.state.lock().dropped
+    }
+}
+
+/// The port of a collector that is down, from [`Otlp::reserve`].
+#[derive(Debug)]
+pub struct Reserved {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl Reserved {
+    /// `http://127.0.0.1:PORT`, for `--otlp-endpoint`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The collector comes up on this port.
+    ///
+    /// # Panics
+    ///
+    /// When the port cannot listen.
+    pub fn open(self) -> Otlp {
+        let listener = self
+            .socket
+            .listen(1024)
+            .unwrap_or_else(|e| panic!("cannot listen on {} for an OTLP endpoint: {e}", self.addr));
+        Otlp::serve(listener)
     }
 }
 
@@ -663,5 +725,28 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(otlp.spans().is_empty());
         assert_eq!(otlp.exports(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reserved_port_refuses_until_it_opens() {
+        let reserved = Otlp::reserve();
+        let url = reserved.url();
+        let addr = url.trim_start_matches("http://").to_owned();
+        let refused = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect_err("nothing listens on a reserved port");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+        let otlp = reserved.open();
+        assert_eq!(otlp.url(), url, "it opens on the port it reserved");
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("a valid endpoint")
+            .connect_lazy();
+        TraceServiceClient::new(channel)
+            .export(request())
+            .await
+            .expect("the opened endpoint takes exports");
+        assert_eq!(otlp.exports(), 1);
+        assert!(!otlp.spans().is_empty());
     }
 }
