@@ -407,6 +407,10 @@ where
         };
         if !this.span.is_none() {
             crate::trace::record_outcome(this.span, if result.is_ok() { "ok" } else { "error" });
+            // The call's span closes as it answers, not when the future is
+            // dropped (`join_all` keeps every answered lookup until the last
+            // one): a subscriber may end a span when it closes.
+            *this.span = tracing::Span::none();
         }
         Poll::Ready(result.map_err(|error| CallError::from_box(error, timeout)))
     }
