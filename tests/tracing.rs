@@ -220,6 +220,77 @@ async fn one_page_is_one_trace_from_the_shop_to_the_instances() {
     );
 }
 
+/// What the shop's `/metrics` counts as dropped spans.
+async fn spans_dropped(web: &Web) -> u64 {
+    let (status, body) = web.get("/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix("market_spans_dropped_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no market_spans_dropped_total in {body}"))
+}
+
+/// A collector that is down costs the shop no spans. After the first
+/// export fails, the shop says it paused its traces, and a page makes none
+/// of its nine spans (its request, four calls, four attempts); each one not
+/// made counts as dropped. Once a probe period, one page is traced to try
+/// the collector again: when the collector is back, that page's trace
+/// arrives whole, the shop says its traces resumed, and every page is
+/// traced again.
+#[tokio::test]
+async fn traces_pause_while_the_collector_is_down_and_resume_when_it_is_back() {
+    let collector = Otlp::reserve();
+    let url = collector.url();
+    let cluster = Cluster::start(&[]).await;
+    let _one = cluster.ratings(1, &[]).await;
+    let web = Web::for_cluster(&cluster, &["--otlp-endpoint", url.as_str()]).await;
+
+    assert_eq!(page(web.addr, &traceparent(5).0).await, 200);
+    web.proc.wait_for_line("traces paused").await;
+    let before = spans_dropped(&web).await;
+    let pages = 10;
+    for n in 0..pages {
+        assert_eq!(page(web.addr, &traceparent(20 + n).0).await, 200);
+    }
+    let dropped = spans_dropped(&web).await - before;
+    // Ten pages take far less than a probe period: one of them at most
+    // was traced (and its spans, when their export failed, dropped later).
+    assert!(
+        dropped >= 9 * u64::from(pages - 1),
+        "{dropped} spans dropped for {pages} pages: {}",
+        web.proc.output()
+    );
+
+    let mark = web.proc.mark();
+    let otlp = collector.open();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 40;
+    loop {
+        let (header, trace, _) = traceparent(n);
+        assert_eq!(page(web.addr, &header).await, 200);
+        let arrived = otlp
+            .arrived_within(Duration::from_secs(2), |spans| page_done(spans, &trace, 0))
+            .await;
+        if arrived.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "no page was traced after the collector came back: {otlp:?}\n{}",
+            web.proc.output()
+        );
+        n += 1;
+    }
+    web.proc
+        .wait_for_line_after(mark, "traces resumed", ARRIVAL)
+        .await;
+    // Closed again: the very next page is traced.
+    let (header, trace, _) = traceparent(n + 1);
+    assert_eq!(page(web.addr, &header).await, 200);
+    otlp.wait_for(ARRIVAL, |spans| page_done(spans, &trace, 0))
+        .await;
+}
+
 #[tokio::test]
 async fn the_registry_continues_a_callers_trace() {
     let otlp = Otlp::start().await;

@@ -32,6 +32,8 @@ use tracing_subscriber::{
     util::SubscriberInitExt as _,
 };
 
+mod collector;
+
 /// The target of the servers' spans.
 pub const TARGET: &str = "daemon::trace";
 
@@ -97,14 +99,17 @@ static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
 static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Spans handed to the batch processor and not yet exported or dropped.
 static SPANS_PENDING: AtomicU64 = AtomicU64::new(0);
+/// Whether the collector takes the exports ([`collector`]).
+static COLLECTOR: collector::Breaker = collector::Breaker::new();
 
 /// Spans this process exported so far.
 pub fn spans_exported() -> u64 {
     SPANS_EXPORTED.load(Ordering::Relaxed)
 }
 
-/// Spans this process dropped so far: the queue was full, or their export
-/// failed (the collector is down, or did not answer in time).
+/// Spans this process dropped so far: the queue was full, their export
+/// failed (the collector is down, or did not answer in time), or they were
+/// not made at all because the last export had failed ([`collector`]).
 pub fn spans_dropped() -> u64 {
     SPANS_DROPPED.load(Ordering::Relaxed)
 }
@@ -197,28 +202,27 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 /// happen in them when they are logged: a trace carries what the log
 /// carries, and an event the log leaves out costs nothing in the trace
 /// either. The stack's per-attempt `using instance` line is left out: the
-/// attempt span's fields say the same.
-fn traced<S>() -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
-    let spans = filter_fn(|meta| {
-        let target = meta.target();
-        meta.is_span()
-            && (target == TARGET
-                || target == resilience::trace::TARGET
-                || target == "market_web::trace")
-    })
-    .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG);
-    spans.or(LoggedEvents(log_filter()))
+/// attempt span's fields say the same. While the collector does not take
+/// the exports, the spans are not made ([`collector`]), and each one turned
+/// away counts as dropped.
+///
+/// The events are chosen by the log filter, which is told nothing of the
+/// spans entered and left (an `EnvFilter` takes a lock at each), so a
+/// directive scoped to a span (`[name]=debug`) chooses no event here.
+struct Traced(tracing_subscriber::EnvFilter);
+
+fn traced() -> Traced {
+    Traced(log_filter())
 }
 
-/// The events a log filter lets through, and no span: unlike the filter
-/// itself, it is told nothing of the spans entered and left (an
-/// `EnvFilter` takes a lock at each), so a directive scoped to a span
-/// (`[name]=debug`) chooses no event here.
-struct LoggedEvents(tracing_subscriber::EnvFilter);
+/// One of the spans traced: the stack's, the servers' or the shop's.
+fn is_traced_span(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    meta.is_span()
+        && (target == TARGET
+            || target == resilience::trace::TARGET
+            || target == "market_web::trace")
+}
 
 /// An event, and not one of the stack's log lines that only repeat their
 /// span's fields ([`resilience::trace::LOG_ONLY`]).
@@ -226,7 +230,7 @@ fn is_traced_event(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_event() && meta.name() != resilience::trace::LOG_ONLY
 }
 
-impl<S> tracing_subscriber::layer::Filter<S> for LoggedEvents
+impl<S> tracing_subscriber::layer::Filter<S> for Traced
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -235,6 +239,13 @@ where
         meta: &tracing::Metadata<'_>,
         cx: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
+        if is_traced_span(meta) {
+            let admitted = COLLECTOR.admits(|| cx.lookup_current().is_some());
+            if !admitted {
+                SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            return admitted;
+        }
         is_traced_event(meta) && tracing_subscriber::layer::Filter::enabled(&self.0, meta, cx)
     }
 
@@ -242,7 +253,10 @@ where
         &self,
         meta: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        if is_traced_event(meta) {
+        if is_traced_span(meta) {
+            // Asked at each span: the collector may be down.
+            tracing::subscriber::Interest::sometimes()
+        } else if is_traced_event(meta) {
             tracing_subscriber::layer::Filter::<S>::callsite_enabled(&self.0, meta)
         } else {
             tracing::subscriber::Interest::never()
@@ -250,7 +264,8 @@ where
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0)
+        let events = tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0);
+        events.map(|events| events.max(tracing::level_filters::LevelFilter::DEBUG))
     }
 }
 
@@ -276,6 +291,7 @@ fn tracer_provider(
     let exporter = Counting {
         exporter,
         runtime: Some(runtime),
+        endpoint: endpoint.to_owned(),
     };
     let mut batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
         .with_max_queue_size(MAX_QUEUED_SPANS);
@@ -315,6 +331,8 @@ struct Counting<E> {
     /// `None` once dropped; it is shut down without waiting for its tasks,
     /// which is allowed on any thread.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The collector's address, for the log.
+    endpoint: String,
 }
 
 impl<E> Drop for Counting<E> {
@@ -344,10 +362,26 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
             _ => export.await,
         };
         SPANS_PENDING.fetch_sub(spans, Ordering::Relaxed);
+        let endpoint = &self.endpoint;
         match &result {
-            Ok(()) => SPANS_EXPORTED.fetch_add(spans, Ordering::Relaxed),
-            Err(_) => SPANS_DROPPED.fetch_add(spans, Ordering::Relaxed),
-        };
+            Ok(()) => {
+                SPANS_EXPORTED.fetch_add(spans, Ordering::Relaxed);
+                if COLLECTOR.exported() {
+                    tracing::info!(%endpoint, "traces resumed: the collector at {endpoint} takes them again");
+                }
+            }
+            Err(error) => {
+                SPANS_DROPPED.fetch_add(spans, Ordering::Relaxed);
+                if COLLECTOR.failed() {
+                    let every = collector::PROBE_EVERY;
+                    tracing::warn!(
+                        %endpoint, %error,
+                        "traces paused: the collector at {endpoint} did not take them; no span is \
+                         made until it does, but for one trace every {every:?} that tries it again"
+                    );
+                }
+            }
+        }
         result
     }
 

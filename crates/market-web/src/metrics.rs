@@ -165,7 +165,7 @@ impl Collector for Spans {
             ),
             (
                 "market_spans_dropped",
-                "Spans dropped: the export queue was full, or their export failed",
+                "Spans dropped: the export queue was full, their export failed, or the collector was down when they would have been made",
                 daemon::telemetry::spans_dropped(),
             ),
         ] {
