@@ -39,18 +39,28 @@ impl Pool {
 
     /// Sends the request on an idle connection (or a new one) and reads the
     /// whole answer: its status and `Set-Cookie` value, if any.
+    ///
+    /// A server closes a keep-alive connection that stays idle too long
+    /// (market-web after 10 s without a request), which a caller measured
+    /// in turn with others can outwait. So, as HTTP clients do, a `GET`
+    /// that fails on an idle connection is sent again once, on a new one.
     pub(crate) async fn get(&self) -> anyhow::Result<(u16, Option<String>)> {
         let idle = self.idle.lock().expect("pool lock").pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let stream = TcpStream::connect(self.addr)
-                    .await
-                    .with_context(|| format!("cannot connect to {}", self.addr))?;
-                stream.set_nodelay(true)?;
-                BufReader::new(stream)
-            }
-        };
+        if let Some(conn) = idle
+            && let Ok(answer) = self.send(conn).await
+        {
+            return Ok(answer);
+        }
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        self.send(BufReader::new(stream)).await
+    }
+
+    /// The request on `conn`, which goes back to the pool if the server
+    /// keeps it open.
+    async fn send(&self, mut conn: BufReader<TcpStream>) -> anyhow::Result<(u16, Option<String>)> {
         let (status, cookie, keep, _) = exchange(&mut conn, &self.request).await?;
         if keep {
             self.idle.lock().expect("pool lock").push(conn);
@@ -114,4 +124,45 @@ async fn exchange(
     let mut body = vec![0; length];
     conn.read_exact(&mut body).await?;
     Ok((status, cookie, keep, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A server that answers one request per connection and then closes it,
+    /// without saying so: as market-web does to a connection left idle.
+    async fn one_answer_per_connection() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_get_on_a_connection_the_server_closed_goes_again_on_a_new_one() {
+        let pool = Pool::new(one_answer_per_connection().await, "/", None);
+        for _ in 0..3 {
+            let (status, _) = pool.get().await.expect("a 200 each time");
+            assert_eq!(status, 200);
+        }
+    }
 }
