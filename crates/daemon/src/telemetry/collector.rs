@@ -21,7 +21,8 @@ use std::{
 
 /// How long after a failed export the next trace goes, to try the
 /// collector again.
-pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(PROBE_EVERY_MS);
+const PROBE_EVERY_MS: u64 = 5_000;
 
 /// Whether the collector takes the exports, and when to try it again if it
 /// does not.
@@ -59,11 +60,17 @@ impl Breaker {
     /// span of the next probe. `in_traced_span` is asked only when the
     /// breaker is open.
     pub(crate) fn admits(&self, in_traced_span: impl FnOnce() -> bool) -> bool {
-        !self.open.load(Ordering::Acquire) || in_traced_span() || self.probe_due(self.now())
+        self.admits_at(in_traced_span, || self.now())
+    }
+
+    /// [`Breaker::admits`], with the time read by `now` (ms since `epoch`)
+    /// when the probe's turn is to be checked.
+    fn admits_at(&self, in_traced_span: impl FnOnce() -> bool, now: impl FnOnce() -> u64) -> bool {
+        !self.open.load(Ordering::Acquire) || in_traced_span() || self.probe_due(now())
     }
 
     fn failed_at(&self, now: u64) -> bool {
-        self.probe_at.store(now + every_ms(), Ordering::Relaxed);
+        self.probe_at.store(now + PROBE_EVERY_MS, Ordering::Relaxed);
         !self.open.swap(true, Ordering::AcqRel)
     }
 
@@ -74,7 +81,12 @@ impl Breaker {
         now >= at
             && self
                 .probe_at
-                .compare_exchange(at, now + every_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    at,
+                    now + PROBE_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -84,17 +96,13 @@ impl Breaker {
     }
 }
 
-fn every_ms() -> u64 {
-    u64::try_from(PROBE_EVERY.as_millis()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Asks for a span outside any traced span, at `now`.
     fn root(breaker: &Breaker, now: u64) -> bool {
-        !breaker.open.load(Ordering::Acquire) || breaker.probe_due(now)
+        breaker.admits_at(|| false, || now)
     }
 
     #[test]
@@ -108,7 +116,7 @@ mod tests {
     fn open_admits_one_trace_per_probe_period() {
         let breaker = Breaker::new();
         assert!(breaker.failed_at(1_000), "it was closed");
-        let every = every_ms();
+        let every = PROBE_EVERY_MS;
         assert!(!root(&breaker, 1_000), "no span right after the failure");
         assert!(!root(&breaker, 1_000 + every - 1));
         assert!(root(&breaker, 1_000 + every), "the probe is due");
@@ -124,7 +132,7 @@ mod tests {
     fn a_failure_puts_the_next_probe_off_and_an_export_closes_it() {
         let breaker = Breaker::new();
         breaker.failed_at(0);
-        let every = every_ms();
+        let every = PROBE_EVERY_MS;
         assert!(
             !breaker.failed_at(every - 1),
             "already open: a second failure is not a transition"
