@@ -224,10 +224,9 @@ async fn one_page_is_one_trace_from_the_shop_to_the_instances() {
 async fn spans_dropped(web: &Web) -> u64 {
     let (status, body) = web.get("/metrics").await;
     assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|line| line.strip_prefix("market_spans_dropped_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no market_spans_dropped_total in {body}"))
+    let dropped = test_support::metric(&body, "market_spans_dropped_total")
+        .unwrap_or_else(|| panic!("no market_spans_dropped_total in {body}"));
+    dropped as u64
 }
 
 /// A collector that is down costs the shop no spans. After the first

@@ -203,6 +203,15 @@ pub fn socket_addr(url: &str) -> SocketAddr {
     daemon::supervise::socket_addr(url).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// The value of the sample `name` (without labels) in a Prometheus text
+/// exposition, such as a daemon's `/metrics`.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// A plain HTTP/1.1 `GET` over loopback: the status and the body.
 ///
 /// # Panics

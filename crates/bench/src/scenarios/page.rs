@@ -265,9 +265,7 @@ async fn span_counts(web: &Web) -> anyhow::Result<(u64, u64)> {
     let (status, text) = http::get_text(web.addr, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
     let value = |name: &str| -> anyhow::Result<u64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        test_support::metric(&text, name)
             .map(|v| v as u64)
             .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
     };
