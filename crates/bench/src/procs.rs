@@ -90,13 +90,26 @@ impl Daemon {
         program: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[])
+    }
+
+    /// [`Daemon::spawn`], with environment variables set for it alone.
+    pub(crate) fn spawn_with_env(
+        name: impl Into<String>,
+        program: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let path = if Path::new(program).is_absolute() {
             PathBuf::from(program)
         } else {
             bin(program)?
         };
-        let child = Spawn::new(name, path)
-            .args(args)
+        let child = envs
+            .iter()
+            .fold(Spawn::new(name, path).args(args), |spawn, (key, value)| {
+                spawn.env(key, value)
+            })
             .log(log_filter(program))
             .keep(KEPT_LINES)
             .spawn()?;

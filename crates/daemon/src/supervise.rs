@@ -42,6 +42,8 @@ pub struct Spawn {
     name: String,
     program: PathBuf,
     args: Vec<OsString>,
+    /// Settings for the child alone, on top of what it inherits.
+    envs: Vec<(OsString, OsString)>,
     log: String,
     echo: bool,
     label: Option<String>,
@@ -56,6 +58,7 @@ impl Spawn {
             name: name.into(),
             program: program.into(),
             args: Vec::new(),
+            envs: Vec::new(),
             log: "info".to_owned(),
             echo: false,
             label: None,
@@ -72,6 +75,14 @@ impl Spawn {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable for the child alone (one of
+    /// [`crate::SETTINGS_FROM_ENV`] too: this one is meant for it).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
         self
     }
 
@@ -122,6 +133,7 @@ impl Spawn {
         }
         command
             .args(&self.args)
+            .envs(self.envs.iter().map(|(key, value)| (key, value)))
             .env("RUST_LOG", &self.log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -530,6 +542,18 @@ mod tests {
         Spawn::new("sh", "/bin/sh").args(["-c", script])
     }
 
+    /// What a command sets (`Some`) and removes (`None`) of its environment.
+    fn envs(command: &Command) -> Vec<(String, Option<String>)> {
+        command
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| {
+                let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+                (text(k), v.map(text))
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn readiness_is_read_from_json_lines_not_from_log_wording() {
         let child = shell(
@@ -575,14 +599,7 @@ mod tests {
     #[test]
     fn children_get_no_setting_from_the_environment_and_the_log_filter_asked_for() {
         let command = shell("true").log("warn").command();
-        let envs: Vec<(String, Option<String>)> = command
-            .as_std()
-            .get_envs()
-            .map(|(k, v)| {
-                let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-                (text(k), v.map(text))
-            })
-            .collect();
+        let envs = envs(&command);
         for setting in crate::SETTINGS_FROM_ENV {
             assert!(
                 envs.contains(&(setting.to_owned(), None)),
@@ -590,6 +607,24 @@ mod tests {
             );
         }
         assert!(envs.contains(&("RUST_LOG".to_owned(), Some("warn".to_owned()))));
+    }
+
+    #[test]
+    fn a_setting_asked_for_reaches_the_child_even_one_it_would_not_inherit() {
+        let command = shell("true")
+            .env("OTEL_TRACES_SAMPLER", "always_off")
+            .env("LOG_FORMAT", "json")
+            .command();
+        let envs = envs(&command);
+        assert!(envs.contains(&(
+            "OTEL_TRACES_SAMPLER".to_owned(),
+            Some("always_off".to_owned())
+        )));
+        assert!(envs.contains(&("LOG_FORMAT".to_owned(), Some("json".to_owned()))));
+        assert!(
+            envs.contains(&("REGISTRY_TOKEN".to_owned(), None)),
+            "{envs:?}"
+        );
     }
 
     #[test]

@@ -131,8 +131,20 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
     Ok(section)
 }
 
-/// The two callers of the traces comparison, in report order.
-const TRACED_VARIANTS: [&str; 2] = ["full stack, traces off", "full stack, traces exporting"];
+/// The callers of the traces comparison, in report order: traces off; on,
+/// with every trace sampled out (`OTEL_TRACES_SAMPLER=always_off`: the spans
+/// are made and their context goes out with each call, but none is recorded
+/// or exported); and on and exporting, every trace kept. The middle one
+/// splits what tracing costs into making the spans and exporting them.
+const TRACED_VARIANTS: [&str; 3] = [
+    "full stack, traces off",
+    "full stack, traces on, none sampled",
+    "full stack, traces exporting",
+];
+
+/// The environment of each of [`TRACED_VARIANTS`] (besides `--otlp-endpoint`,
+/// which the last two have).
+const TRACED_ENVS: [&[(&str, &str)]; 3] = [&[], &[("OTEL_TRACES_SAMPLER", "always_off")], &[]];
 
 /// The full stack traced against untraced: each a `bench caller` process
 /// of its own (see `caller`), alike but for `--otlp-endpoint`, exporting to
@@ -148,18 +160,20 @@ async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyho
         "Traces: the full stack in a process of its own (`bench caller`, the daemons' logging and \
          tracing), traces off against traces exporting over OTLP/gRPC (`--otlp-endpoint`, the \
          daemons' batched and bounded pipeline) to a `test_support::Otlp` receiver in the bench \
-         process; {rounds} interleaved rounds of {:.1} s at concurrency {levels:?}, a new pair of \
-         processes each round. Rows give the medians of the rounds (count and errors: their sums).",
+         process, and against traces on with every trace sampled out (`OTEL_TRACES_SAMPLER=\
+         always_off`: spans made, none exported); {rounds} interleaved rounds of {:.1} s at \
+         concurrency {levels:?}, new processes each round. Rows give the medians of the rounds \
+         (count and errors: their sums).",
         duration.as_secs_f64()
     ));
     let exe = std::env::current_exe().context("the bench's own executable")?;
     let exe = exe.to_string_lossy().into_owned();
     let mut traced_runs = Vec::new();
     for &concurrency in &levels {
-        let mut measured: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+        let mut measured: [Vec<Measured>; 3] = std::array::from_fn(|_| Vec::new());
         for round in 0..rounds {
-            for k in 0..2 {
-                let v = (round + k) % 2;
+            for k in 0..TRACED_VARIANTS.len() {
+                let v = (round + k) % TRACED_VARIANTS.len();
                 let mut args = vec![
                     "caller".to_owned(),
                     "--registry".to_owned(),
@@ -171,13 +185,15 @@ async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyho
                     "--duration".to_owned(),
                     format!("{}ms", duration.as_millis()),
                 ];
-                if v == 1 {
+                if v > 0 {
                     args.extend(["--otlp-endpoint".to_owned(), endpoint.clone()]);
                 }
-                measured[v].push(run_caller(&exe, TRACED_VARIANTS[v], &args, duration).await?);
+                measured[v].push(
+                    run_caller(&exe, TRACED_VARIANTS[v], &args, TRACED_ENVS[v], duration).await?,
+                );
             }
         }
-        traced_runs.extend(measured[1].iter().copied());
+        traced_runs.extend(measured[2].iter().copied());
         let rows: Vec<Row> = TRACED_VARIANTS
             .iter()
             .zip(&measured)
@@ -185,12 +201,20 @@ async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyho
             .collect();
         let tput = |v: usize| median_of(&measured[v], |m| m.throughput);
         let cpu = |v: usize| median_of(&measured[v], |m| m.cpu);
-        let (off, on) = (tput(0), tput(1));
+        let (off, unsampled, on) = (tput(0), tput(1), tput(2));
+        // The caller's CPU per call, µs: the medians of the rounds' own.
+        let per_call = |v: usize| median_of(&measured[v], |m| m.cpu / m.throughput.max(1e-9) * 1e6);
         section.note(format!(
-            "Traces, c={concurrency}: the caller used {:.0} % of a core with traces off and {:.0} % \
-             exporting (medians of rounds).",
+            "Traces, c={concurrency}: the caller used {:.0} % of a core with traces off, {:.0} % \
+             with none sampled and {:.0} % exporting; its CPU per call was {:.1} µs, {:.1} µs and \
+             {:.1} µs (medians of rounds). None sampled made {:.2}× the calls of traces off.",
             cpu(0) * 100.0,
-            cpu(1) * 100.0
+            cpu(1) * 100.0,
+            cpu(2) * 100.0,
+            per_call(0),
+            per_call(1),
+            per_call(2),
+            unsampled / off,
         ));
         section.tables.push((
             format!("Traces, concurrency {concurrency} (medians of rounds)"),
@@ -220,10 +244,11 @@ async fn run_caller(
     exe: &str,
     name: &str,
     args: &[String],
+    envs: &[(&str, &str)],
     duration: std::time::Duration,
 ) -> anyhow::Result<Measured> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut caller = Daemon::spawn(format!("bench caller ({name})"), exe, &args)?;
+    let mut caller = Daemon::spawn_with_env(format!("bench caller ({name})"), exe, &args, envs)?;
     let line = caller
         .wait_for_line_after(
             0,
