@@ -318,14 +318,19 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         // The call's span: its attempts (a retry, a hedge) are its children.
-        let span = tracing::debug_span!(
-            target: crate::trace::TARGET,
-            "call",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            service = &**self.shared.pool.service(),
-            outcome = tracing::field::Empty,
-        );
+        // None in a trace that is sampled out (see `trace::sampled_out`).
+        let span = if crate::trace::sampled_out() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                target: crate::trace::TARGET,
+                "call",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                service = &**self.shared.pool.service(),
+                outcome = tracing::field::Empty,
+            )
+        };
         let inner = span.in_scope(|| self.stack.call(Attempt::new(request)));
         let woken = Arc::new(Woken {
             woken: AtomicBool::new(true),

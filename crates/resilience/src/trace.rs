@@ -59,6 +59,23 @@ fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
         .then(|| (traceparent(ids), tracestate(ids.trace_state())))
 }
 
+/// Whether the current span belongs to a trace that is sampled out: one
+/// whose spans are made only to be dropped. The stack makes no span of its
+/// own in such a trace: its calls still carry the trace's context (the
+/// current span's, marked not sampled, so the instances leave it out too),
+/// and its log lines the trace's id, but the spans a sampler turned away
+/// cost nothing. False outside any traced span.
+pub(crate) fn sampled_out() -> bool {
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return false;
+    }
+    let context = span.context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid() && !ids.is_sampled()
+}
+
 /// The length of a version-00 `traceparent`.
 const TRACEPARENT_LEN: usize = 55;
 

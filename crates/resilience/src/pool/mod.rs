@@ -291,17 +291,22 @@ where
         let position =
             tracing::enabled!(tracing::Level::INFO).then(|| state.listed.range(..key).count() + 1);
         // The attempt's span: the call's child, the instance's parent (its
-        // context goes out with the request, see `trace`).
-        let span = tracing::debug_span!(
-            target: crate::trace::TARGET,
-            "attempt",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            service = &*label.service,
-            instance = &*label.instance,
-            address = &*label.address,
-            outcome = tracing::field::Empty,
-        );
+        // context goes out with the request, see `trace`). None in a trace
+        // that is sampled out.
+        let span = if crate::trace::sampled_out() {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!(
+                target: crate::trace::TARGET,
+                "attempt",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                service = &*label.service,
+                instance = &*label.instance,
+                address = &*label.address,
+                outcome = tracing::field::Empty,
+            )
+        };
         let future = span.in_scope(|| state.cache.call_ready_index(index, attempt));
         drop(state);
         if let Some(position) = position {
@@ -318,6 +323,9 @@ where
 
     /// The span of an attempt that was never sent, ended at once.
     fn unsent_span(&self, outcome: &'static str) {
+        if crate::trace::sampled_out() {
+            return;
+        }
         let span = tracing::debug_span!(
             target: crate::trace::TARGET,
             "attempt",
