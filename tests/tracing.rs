@@ -290,6 +290,55 @@ async fn traces_pause_while_the_collector_is_down_and_resume_when_it_is_back() {
         .await;
 }
 
+/// A shop whose collector is down makes no span, but passes its caller's
+/// trace context on, as a hop that does not trace does: the instance (whose
+/// collector works) serves each page's lookups in the caller's trace, and
+/// the shop's log lines for the page carry the caller's trace id.
+#[tokio::test]
+async fn a_paused_shop_passes_the_callers_trace_context_on() {
+    let down = Otlp::reserve();
+    let down_url = down.url();
+    let otlp = Otlp::start().await;
+    let url = otlp.url();
+    let cluster = Cluster::start(&[]).await;
+    let _one = cluster.ratings(1, &["--otlp-endpoint", url.as_str()]).await;
+    let web = Web::for_cluster(
+        &cluster,
+        &["--otlp-endpoint", down_url.as_str(), "--log-format", "json"],
+    )
+    .await;
+    assert_eq!(page(web.addr, &traceparent(60).0).await, 200);
+    web.proc.wait_for_line("traces paused").await;
+
+    // Pages well within a probe period: one of them at most is traced by
+    // the shop (its own spans then dropped with their export).
+    let pages: Vec<u8> = (61..64).collect();
+    for &n in &pages {
+        assert_eq!(page(web.addr, &traceparent(n).0).await, 200);
+    }
+    for &n in &pages {
+        let (_, trace, _) = traceparent(n);
+        let served = |spans: &[ReceivedSpan]| {
+            of_trace(spans, &trace)
+                .iter()
+                .filter(|s| s.service == "ratings-server" && s.kind == "server")
+                .count()
+        };
+        otlp.wait_for(ARRIVAL, |spans| served(spans) == 4).await;
+        let logged = web
+            .proc
+            .child()
+            .lines_after(0)
+            .iter()
+            .filter(|line| line.contains("ASK for"))
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["trace_id"] == trace.as_str())
+            .count();
+        assert_eq!(logged, 4, "a line per lookup: {}", web.proc.output());
+    }
+    drop(down);
+}
+
 #[tokio::test]
 async fn the_registry_continues_a_callers_trace() {
     let otlp = Otlp::start().await;

@@ -15,7 +15,7 @@
 //!   every call the client stack makes.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -95,6 +95,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a batch goes, unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// Whether this process exports traces: set once, by [`init_logging`].
+static TRACES_ON: AtomicBool = AtomicBool::new(false);
 static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
 static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Spans handed to the batch processor and not yet exported or dropped.
@@ -181,6 +183,7 @@ pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
         },
         None => (None, None),
     };
+    TRACES_ON.store(traces.is_some(), Ordering::Relaxed);
     tracing_subscriber::registry()
         .with(logs)
         .with(traces)
@@ -448,19 +451,99 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The trace context `headers` carry (`traceparent`, `tracestate`), if any.
+fn incoming_context(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+    let context = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    context.span().span_context().is_valid().then_some(context)
+}
+
 /// A server span named `name` for a request with `headers`: the child of
 /// the trace context they carry (`traceparent`), or the root of a new trace.
 /// A disabled span (traces off) costs nothing more.
 pub fn server_span(target_span: tracing::Span, headers: &http::HeaderMap) -> tracing::Span {
-    if !target_span.is_disabled() {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(headers))
-        });
-        if parent.span().span_context().is_valid() {
-            let _ = target_span.set_parent(parent);
-        }
+    if !target_span.is_disabled()
+        && let Some(parent) = incoming_context(headers)
+    {
+        let _ = target_span.set_parent(parent);
     }
     target_span
+}
+
+/// The trace context to pass on for a request with `headers` whose server
+/// `span` is not traced although this process exports traces: they are
+/// paused ([`collector`]). A hop that does not trace still passes its
+/// caller's context on, unchanged, so that the calls made while serving
+/// the request stay in the caller's trace (the client stack writes the
+/// current OpenTelemetry context when no traced span is entered), and its
+/// log lines carry the caller's trace id. `None` when traces are off, when
+/// the span is traced, or when the headers carry no context.
+pub fn passed_on(
+    span: &tracing::Span,
+    headers: &http::HeaderMap,
+) -> Option<opentelemetry::Context> {
+    if !TRACES_ON.load(Ordering::Relaxed) {
+        return None;
+    }
+    // A span that the trace layer turned away may still be made for the
+    // other layers: what tells is whether it has a trace context.
+    if !span.is_disabled() && span.context().span().span_context().is_valid() {
+        return None;
+    }
+    incoming_context(headers)
+}
+
+/// A request's future, with the caller's trace context made current while
+/// it is polled when its span is not traced ([`passed_on`]).
+pub type PassedOn<F> = futures::future::Either<F, opentelemetry::context::WithContext<F>>;
+
+/// `future`, with `context` (if any) made current while it is polled.
+fn with_passed_on<F>(future: F, context: Option<opentelemetry::Context>) -> PassedOn<F> {
+    use opentelemetry::context::FutureExt as _;
+    match context {
+        Some(context) => futures::future::Either::Right(future.with_context(context)),
+        None => futures::future::Either::Left(future),
+    }
+}
+
+/// Passes the caller's trace context on while traces are paused, for an
+/// HTTP service whose request span is made by a layer outside this one
+/// (tower-http's `TraceLayer`, which enters it while calling the service
+/// inside): see [`passed_on`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassContextOnLayer;
+
+impl<S> Layer<S> for PassContextOnLayer {
+    type Service = PassContextOn<S>;
+
+    fn layer(&self, inner: S) -> PassContextOn<S> {
+        PassContextOn { inner }
+    }
+}
+
+/// The service of [`PassContextOnLayer`].
+#[derive(Debug, Clone)]
+pub struct PassContextOn<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for PassContextOn<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = PassedOn<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let context = passed_on(&tracing::Span::current(), request.headers());
+        with_passed_on(self.inner.call(request), context)
+    }
 }
 
 /// Serves every gRPC call in a server span that continues the caller's
@@ -488,7 +571,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Future = tracing::instrument::Instrumented<PassedOn<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -506,7 +589,8 @@ where
             span.record("otel.name", request.uri().path().trim_start_matches('/'));
         }
         let span = server_span(span, request.headers());
-        self.inner.call(request).instrument(span)
+        let context = passed_on(&span, request.headers());
+        with_passed_on(self.inner.call(request), context).instrument(span)
     }
 }
 
@@ -550,16 +634,19 @@ where
             }
         }
         // The trace of the span the event happened in, which may be one the
-        // log filter does not show (the stack's spans are at debug level).
+        // log filter does not show (the stack's spans are at debug level);
+        // or, outside any traced span, the current OpenTelemetry context's
+        // (a caller's, passed on while traces are paused).
         let current = tracing::Span::current();
-        if !current.is_none() {
-            let context = current.context();
-            let span = context.span();
-            let ids = span.span_context();
-            if ids.is_valid() {
-                line.insert("trace_id".into(), ids.trace_id().to_string().into());
-                line.insert("span_id".into(), ids.span_id().to_string().into());
-            }
+        let context = (!current.is_none())
+            .then(|| current.context())
+            .filter(|context| context.span().span_context().is_valid())
+            .unwrap_or_else(opentelemetry::Context::current);
+        let span = context.span();
+        let ids = span.span_context();
+        if ids.is_valid() {
+            line.insert("trace_id".into(), ids.trace_id().to_string().into());
+            line.insert("span_id".into(), ids.span_id().to_string().into());
         }
         writeln!(writer, "{}", serde_json::Value::Object(line))
     }

@@ -199,6 +199,9 @@ where
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                 ),
         )
+        // Inside the trace layer: a page whose span was not made (traces
+        // paused) passes its caller's trace context on to the lookups.
+        .layer(daemon::telemetry::PassContextOnLayer)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

@@ -46,17 +46,24 @@ const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 
 /// The current span's trace context: its `traceparent`, and the trace's
-/// `tracestate` when it has any; `None` when no traced span is entered.
+/// `tracestate` when it has any. Outside any traced span, the current
+/// OpenTelemetry context's (a caller's that a server passes on while it
+/// does not trace, or one that code of your own made current); `None` when
+/// there is none either.
 fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
+    let written = |context: &opentelemetry::Context| {
+        let span = context.span();
+        let ids = span.span_context();
+        ids.is_valid()
+            .then(|| (traceparent(ids), tracestate(ids.trace_state())))
+    };
     let span = tracing::Span::current();
-    if span.is_none() {
-        return None;
+    if !span.is_none()
+        && let Some(written) = written(&span.context())
+    {
+        return Some(written);
     }
-    let context = span.context();
-    let span = context.span();
-    let ids = span.span_context();
-    ids.is_valid()
-        .then(|| (traceparent(ids), tracestate(ids.trace_state())))
+    opentelemetry::Context::map_current(written)
 }
 
 /// Whether the current span belongs to a trace that is sampled out: one
@@ -104,8 +111,8 @@ fn tracestate(state: &TraceState) -> Option<String> {
     Some(state.header()).filter(|header| !header.is_empty())
 }
 
-/// Hands each header of the current span's trace context to `set`, as its
-/// name and value: nothing when no traced span is entered.
+/// Hands each header of the current trace context to `set`, as its name
+/// and value: nothing when there is none ([`current_trace_context`]).
 fn write_trace_context(mut set: impl FnMut(&'static str, &[u8])) {
     let Some((parent, state)) = current_trace_context() else {
         return;
@@ -116,8 +123,8 @@ fn write_trace_context(mut set: impl FnMut(&'static str, &[u8])) {
     }
 }
 
-/// Writes the current span's context into gRPC metadata; nothing when no
-/// traced span is entered.
+/// Writes the current trace context into gRPC metadata; nothing when there
+/// is none.
 pub(crate) fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
     // Hex digits and dashes; the state's keys and values were checked
     // (printable ASCII) when it was read.
@@ -295,5 +302,24 @@ mod tests {
             .await
             .expect("infallible");
         assert!(headers.is_empty(), "{headers:?}");
+
+        // Outside any traced span, the current OpenTelemetry context's: a
+        // caller's, passed on unchanged.
+        let upstream = ids(TraceFlags::SAMPLED, TraceState::NONE);
+        let _current = opentelemetry::Context::new()
+            .with_remote_span_context(upstream)
+            .attach();
+        let service =
+            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(request.headers().clone())
+            }));
+        let headers = service
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            headers[TRACEPARENT],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
     }
 }

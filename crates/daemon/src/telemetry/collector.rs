@@ -8,8 +8,10 @@
 //! span outside any traced span, and the spans made inside it); the export
 //! that carries it closes the breaker if the collector takes it.
 //!
-//! While the breaker is open, the process neither makes spans nor writes
-//! trace context into its calls, and its log lines carry no trace ids.
+//! While the breaker is open, the process makes no spans of its own; a
+//! request that came with a trace context passes it on unchanged, to the
+//! calls made while serving it and into its log lines, as a hop that does
+//! not trace does (`telemetry::passed_on`).
 
 use std::{
     sync::{
