@@ -260,6 +260,17 @@ mod tests {
         assert_eq!(written.as_deref(), Some("proxy=7f,vendor=a1"));
     }
 
+    /// The headers a request sent through the layer carries.
+    async fn sent_headers() -> http::HeaderMap {
+        TraceContextLayer
+            .layer(tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(request.headers().clone())
+            }))
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("infallible")
+    }
+
     /// The layer writes the context of the span a request is sent in: the
     /// trace of the span's parent (here a remote one, with a tracestate),
     /// with the span's own id.
@@ -277,15 +288,7 @@ mod tests {
         span.set_parent(remote).expect("a parent");
         let own_id = span.context().span().span_context().span_id();
 
-        let service =
-            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
-                Ok::<_, std::convert::Infallible>(request.headers().clone())
-            }));
-        let headers = service
-            .oneshot(http::Request::new(()))
-            .instrument(span)
-            .await
-            .expect("infallible");
+        let headers = sent_headers().instrument(span).await;
         assert_eq!(
             headers[TRACEPARENT],
             format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{own_id}-01").as_str()
@@ -293,14 +296,7 @@ mod tests {
         assert_eq!(headers[TRACESTATE], "proxy=7f");
 
         // Outside any span, nothing is written.
-        let service =
-            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
-                Ok::<_, std::convert::Infallible>(request.headers().clone())
-            }));
-        let headers = service
-            .oneshot(http::Request::new(()))
-            .await
-            .expect("infallible");
+        let headers = sent_headers().await;
         assert!(headers.is_empty(), "{headers:?}");
 
         // Outside any traced span, the current OpenTelemetry context's: a
@@ -309,14 +305,7 @@ mod tests {
         let _current = opentelemetry::Context::new()
             .with_remote_span_context(upstream)
             .attach();
-        let service =
-            TraceContextLayer.layer(tower::service_fn(|request: http::Request<()>| async move {
-                Ok::<_, std::convert::Infallible>(request.headers().clone())
-            }));
-        let headers = service
-            .oneshot(http::Request::new(()))
-            .await
-            .expect("infallible");
+        let headers = sent_headers().await;
         assert_eq!(
             headers[TRACEPARENT],
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
