@@ -1,8 +1,8 @@
 //! `bench caller`: one closed loop of `Get("camera")` through the full
 //! stack, in a process of its own, with the daemons' own logging and tracing
-//! (`daemon::init_logging`). Scenario 1 starts it twice per round, traces
-//! off and traces exporting over OTLP, so that the two differ in nothing but
-//! tracing: a process has one `tracing` dispatcher, and tracing one caller
+//! (`daemon::init_logging`). Scenario 1 starts it three times per round,
+//! traces off, on with every trace sampled out, and exporting over OTLP, so
+//! that they differ in nothing but tracing: a process has one `tracing` dispatcher, and tracing one caller
 //! in the bench's own process would change how every other caller's
 //! callsites are checked.
 //!

@@ -78,8 +78,9 @@ impl Spawn {
         self
     }
 
-    /// Sets an environment variable for the child alone (one of
-    /// [`crate::SETTINGS_FROM_ENV`] too: this one is meant for it).
+    /// Sets an environment variable for the child alone, one of
+    /// [`crate::SETTINGS_FROM_ENV`] included (those are removed only from
+    /// what it inherits). `RUST_LOG` is [`Spawn::log`]'s.
     #[must_use]
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));

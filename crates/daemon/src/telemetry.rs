@@ -157,10 +157,11 @@ pub fn init_logging(args: &LogArgs, service: &'static str) -> Telemetry {
             Ok(provider) => {
                 use opentelemetry::trace::TracerProvider as _;
                 // The spans' contexts are read from the spans themselves
-                // (`OpenTelemetrySpanExt::context`), never from
-                // OpenTelemetry's current context: entering a span, once
-                // per poll of its future, need not make its context
-                // current, nor time how long it was busy and idle. The
+                // (`OpenTelemetrySpanExt::context`); OpenTelemetry's
+                // current context is read only outside any traced span (a
+                // caller's passed on while traces are paused). Entering a
+                // span, once per poll of its future, need not make its
+                // context current, nor time how long it was busy and idle. The
                 // thread a span started on says nothing of a task's work,
                 // nor the source line of a span named after what it does.
                 let layer = tracing_opentelemetry::layer()
@@ -686,5 +687,56 @@ impl tracing::field::Visit for JsonVisitor<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+
+    use super::*;
+
+    /// A request passes the context it came with on only in a process that
+    /// exports traces, and only when its own span is not traced (they are
+    /// paused); then unchanged.
+    #[test]
+    fn a_request_passes_its_callers_context_on_only_while_its_span_is_not_traced() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        );
+        let not_made = tracing::Span::none();
+
+        TRACES_ON.store(false, Ordering::Relaxed);
+        assert!(passed_on(&not_made, &headers).is_none(), "traces off");
+
+        TRACES_ON.store(true, Ordering::Relaxed);
+        let passed = passed_on(&not_made, &headers).expect("passed on while paused");
+        let span = passed.span();
+        let ids = span.span_context();
+        assert_eq!(
+            ids.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(ids.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(ids.is_sampled() && ids.is_remote());
+        assert!(
+            passed_on(&not_made, &http::HeaderMap::new()).is_none(),
+            "no context came"
+        );
+
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let traced = tracing::info_span!("server");
+            assert!(passed_on(&traced, &headers).is_none(), "its span is traced");
+        });
     }
 }

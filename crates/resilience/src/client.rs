@@ -318,18 +318,21 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         // The call's span: its attempts (a retry, a hedge) are its children.
-        // None in a trace that is sampled out (see `trace::sampled_out`).
-        let span = if crate::trace::sampled_out() {
-            tracing::Span::none()
+        // In a trace that is sampled out (see `trace::sampled_out`), none:
+        // the span the call is made in is entered instead, so that attempts
+        // sent from later polls still carry the trace's context.
+        let (span, own_span) = if crate::trace::sampled_out() {
+            (tracing::Span::current(), false)
         } else {
-            tracing::debug_span!(
+            let span = tracing::debug_span!(
                 target: crate::trace::TARGET,
                 "call",
                 otel.kind = "client",
                 otel.status_code = tracing::field::Empty,
                 service = &**self.shared.pool.service(),
                 outcome = tracing::field::Empty,
-            )
+            );
+            (span, true)
         };
         let inner = span.in_scope(|| self.stack.call(Attempt::new(request)));
         let woken = Arc::new(Woken {
@@ -340,6 +343,7 @@ where
             inner,
             timeout: self.shared.policy.timeout,
             span,
+            own_span,
             waker: Waker::from(woken.clone()),
             woken,
         }
@@ -383,7 +387,11 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: StackFuture<Req, Resp>,
         timeout: Duration,
+        // Entered while the stack is polled: the call's own span, or in a
+        // trace that is sampled out the span the call was made in.
         span: tracing::Span,
+        // Whether `span` is the call's own, whose outcome it records.
+        own_span: bool,
         // What the stack is polled with: it wakes `woken`, which wakes the
         // task.
         waker: Waker,
@@ -411,7 +419,10 @@ where
             std::task::ready!(this.inner.poll(&mut cx))
         };
         if !this.span.is_none() {
-            crate::trace::record_outcome(this.span, if result.is_ok() { "ok" } else { "error" });
+            if *this.own_span {
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                crate::trace::record_outcome(this.span, outcome);
+            }
             // The call's span closes as it answers, not when the future is
             // dropped (`join_all` keeps every answered lookup until the last
             // one): a subscriber may end a span when it closes.

@@ -1,13 +1,19 @@
 //! W3C trace context on the way out: every attempt carries the context of
 //! its own span (`traceparent`, and `tracestate` when the trace has one), so
 //! that the instance's server span is the child of the attempt that reached
-//! it.
+//! it. In a trace that is sampled out the stack makes no span of its own
+//! (but for a call made outside any traced span: it is the trace's root,
+//! where the sampler decides), and the context of the span the call was made
+//! in goes out instead, marked not sampled.
 //!
 //! The stack's spans are at `debug` level under the [`TARGET`] target: a
 //! process that exports traces enables them (its OpenTelemetry layer), one
 //! that does not pays one disabled-callsite check per span. The context is
-//! written only for a span that OpenTelemetry traces (its `tracing`
-//! subscriber has the `tracing-opentelemetry` layer); otherwise nothing is.
+//! that of the current span when OpenTelemetry traces it (its `tracing`
+//! subscriber has the `tracing-opentelemetry` layer); outside any traced
+//! span, that of the current OpenTelemetry context, if any (a caller's that
+//! a server passes on while it does not trace, or one that code of your own
+//! made current); otherwise nothing is written.
 //!
 //! The headers are written here, in the W3C format, not by OpenTelemetry's
 //! global text-map propagator: that one takes a process-wide lock and
@@ -66,21 +72,29 @@ fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
     opentelemetry::Context::map_current(written)
 }
 
-/// Whether the current span belongs to a trace that is sampled out: one
-/// whose spans are made only to be dropped. The stack makes no span of its
-/// own in such a trace: its calls still carry the trace's context (the
-/// current span's, marked not sampled, so the instances leave it out too),
-/// and its log lines the trace's id, but the spans a sampler turned away
-/// cost nothing. False outside any traced span.
+/// Whether the current trace context ([`current_trace_context`]'s) is that
+/// of a trace the sampler did not sample, whose spans would be made only to
+/// be dropped. The stack makes no span of its own in such a trace: its
+/// calls still carry the trace's context (marked not sampled, so the
+/// instances leave it out too), and its log lines the trace's id, but the
+/// spans a sampler turned away cost nothing. False outside any trace, and
+/// at once where the stack's spans (`debug`) are off.
 pub(crate) fn sampled_out() -> bool {
-    let span = tracing::Span::current();
-    if span.is_none() {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
         return false;
     }
-    let context = span.context();
-    let span = context.span();
-    let ids = span.span_context();
-    ids.is_valid() && !ids.is_sampled()
+    let sampled_out = |context: &opentelemetry::Context| {
+        let span = context.span();
+        let ids = span.span_context();
+        ids.is_valid().then(|| !ids.is_sampled())
+    };
+    let span = tracing::Span::current();
+    if !span.is_none()
+        && let Some(sampled_out) = sampled_out(&span.context())
+    {
+        return sampled_out;
+    }
+    opentelemetry::Context::map_current(sampled_out).unwrap_or(false)
 }
 
 /// The length of a version-00 `traceparent`.

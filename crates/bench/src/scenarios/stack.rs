@@ -132,10 +132,13 @@ pub(crate) async fn run(cfg: &Config) -> anyhow::Result<Section> {
 }
 
 /// The callers of the traces comparison, in report order: traces off; on,
-/// with every trace sampled out (`OTEL_TRACES_SAMPLER=always_off`: the spans
-/// are made and their context goes out with each call, but none is recorded
-/// or exported); and on and exporting, every trace kept. The middle one
-/// splits what tracing costs into making the spans and exporting them.
+/// with every trace sampled out (`OTEL_TRACES_SAMPLER=always_off`: each
+/// call's root span is made, where the sampler decides, and its context
+/// goes out with the call, but nothing is recorded or exported, and the
+/// stack makes no attempt span in a trace sampled out); and on and
+/// exporting, every trace kept (as `OTEL_TRACES_SAMPLER` in the bench's
+/// environment says, if set). The middle one shows what a trace sampled
+/// out still costs.
 const TRACED_VARIANTS: [&str; 3] = [
     "full stack, traces off",
     "full stack, traces on, none sampled",
@@ -161,7 +164,7 @@ async fn traced(cfg: &Config, section: &mut Section, cluster: &Cluster) -> anyho
          tracing), traces off against traces exporting over OTLP/gRPC (`--otlp-endpoint`, the \
          daemons' batched and bounded pipeline) to a `test_support::Otlp` receiver in the bench \
          process, and against traces on with every trace sampled out (`OTEL_TRACES_SAMPLER=\
-         always_off`: spans made, none exported); {rounds} interleaved rounds of {:.1} s at \
+         always_off`: each call's root span made, nothing exported); {rounds} interleaved rounds of {:.1} s at \
          concurrency {levels:?}, new processes each round. Rows give the medians of the rounds \
          (count and errors: their sums).",
         duration.as_secs_f64()

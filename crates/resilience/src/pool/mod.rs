@@ -270,6 +270,8 @@ where
 
     /// Picks an instance for `attempt` and sends it there, if one is ready.
     fn dispatch(&self, attempt: Attempt<Req>) -> Dispatch<Req, Resp> {
+        // Asked before the lock is taken: it may start the call's span.
+        let sampled_out = crate::trace::sampled_out();
         let mut cx = Context::from_waker(&self.shared.waker);
         let mut state = self.lock();
         state.promote(&mut cx);
@@ -293,7 +295,7 @@ where
         // The attempt's span: the call's child, the instance's parent (its
         // context goes out with the request, see `trace`). None in a trace
         // that is sampled out.
-        let span = if crate::trace::sampled_out() {
+        let span = if sampled_out {
             tracing::Span::none()
         } else {
             tracing::debug_span!(
