@@ -542,7 +542,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let context = passed_on(&tracing::Span::current(), request.headers());
+        // A process that does not trace looks up no span.
+        let context = TRACES_ON
+            .load(Ordering::Relaxed)
+            .then(|| passed_on(&tracing::Span::current(), request.headers()))
+            .flatten();
         with_passed_on(self.inner.call(request), context)
     }
 }
@@ -638,16 +642,11 @@ where
         // log filter does not show (the stack's spans are at debug level);
         // or, outside any traced span, the current OpenTelemetry context's
         // (a caller's, passed on while traces are paused).
-        let current = tracing::Span::current();
-        let context = (!current.is_none())
-            .then(|| current.context())
-            .filter(|context| context.span().span_context().is_valid())
-            .unwrap_or_else(opentelemetry::Context::current);
-        let span = context.span();
-        let ids = span.span_context();
-        if ids.is_valid() {
-            line.insert("trace_id".into(), ids.trace_id().to_string().into());
-            line.insert("span_id".into(), ids.span_id().to_string().into());
+        if let Some((trace_id, span_id)) =
+            resilience::trace::with_current_context(|ids| (ids.trace_id(), ids.span_id()))
+        {
+            line.insert("trace_id".into(), trace_id.to_string().into());
+            line.insert("span_id".into(), span_id.to_string().into());
         }
         writeln!(writer, "{}", serde_json::Value::Object(line))
     }

@@ -51,50 +51,42 @@ const TRACEPARENT: &str = "traceparent";
 /// The W3C header that carries vendors' state along a trace.
 const TRACESTATE: &str = "tracestate";
 
-/// The current span's trace context: its `traceparent`, and the trace's
-/// `tracestate` when it has any. Outside any traced span, the current
-/// OpenTelemetry context's (a caller's that a server passes on while it
-/// does not trace, or one that code of your own made current); `None` when
-/// there is none either.
-fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
-    let written = |context: &opentelemetry::Context| {
+/// Applies `f` to the current trace context: the current span's, when
+/// OpenTelemetry traces it; outside any traced span, the current
+/// OpenTelemetry context's (a caller's that a server passes on while it does
+/// not trace, or one that code of your own made current). `None` when there
+/// is none either.
+pub fn with_current_context<T>(f: impl Fn(&SpanContext) -> T) -> Option<T> {
+    let valid = |context: &opentelemetry::Context| {
         let span = context.span();
         let ids = span.span_context();
-        ids.is_valid()
-            .then(|| (traceparent(ids), tracestate(ids.trace_state())))
+        ids.is_valid().then(|| f(ids))
     };
     let span = tracing::Span::current();
     if !span.is_none()
-        && let Some(written) = written(&span.context())
+        && let Some(found) = valid(&span.context())
     {
-        return Some(written);
+        return Some(found);
     }
-    opentelemetry::Context::map_current(written)
+    opentelemetry::Context::map_current(valid)
 }
 
-/// Whether the current trace context ([`current_trace_context`]'s) is that
-/// of a trace the sampler did not sample, whose spans would be made only to
-/// be dropped. The stack makes no span of its own in such a trace: its
-/// calls still carry the trace's context (marked not sampled, so the
-/// instances leave it out too), and its log lines the trace's id, but the
-/// spans a sampler turned away cost nothing. False outside any trace, and
-/// at once where the stack's spans (`debug`) are off.
+/// The current trace context's `traceparent`, and the trace's `tracestate`
+/// when it has any ([`with_current_context`]).
+fn current_trace_context() -> Option<([u8; TRACEPARENT_LEN], Option<String>)> {
+    with_current_context(|ids| (traceparent(ids), tracestate(ids.trace_state())))
+}
+
+/// Whether the current trace context ([`with_current_context`]) is that of
+/// a trace the sampler did not sample, whose spans would be made only to be
+/// dropped. The stack makes no span of its own in such a trace: its calls
+/// still carry the trace's context (marked not sampled, so the instances
+/// leave it out too), and its log lines the trace's id, but the spans a
+/// sampler turned away cost nothing. False outside any trace, and at once
+/// where the stack's spans (`debug`) are off.
 pub(crate) fn sampled_out() -> bool {
-    if !tracing::level_enabled!(tracing::Level::DEBUG) {
-        return false;
-    }
-    let sampled_out = |context: &opentelemetry::Context| {
-        let span = context.span();
-        let ids = span.span_context();
-        ids.is_valid().then(|| !ids.is_sampled())
-    };
-    let span = tracing::Span::current();
-    if !span.is_none()
-        && let Some(sampled_out) = sampled_out(&span.context())
-    {
-        return sampled_out;
-    }
-    opentelemetry::Context::map_current(sampled_out).unwrap_or(false)
+    tracing::level_enabled!(tracing::Level::DEBUG)
+        && with_current_context(|ids| !ids.is_sampled()).unwrap_or(false)
 }
 
 /// The length of a version-00 `traceparent`.
@@ -126,7 +118,7 @@ fn tracestate(state: &TraceState) -> Option<String> {
 }
 
 /// Hands each header of the current trace context to `set`, as its name
-/// and value: nothing when there is none ([`current_trace_context`]).
+/// and value: nothing when there is none ([`with_current_context`]).
 fn write_trace_context(mut set: impl FnMut(&'static str, &[u8])) {
     let Some((parent, state)) = current_trace_context() else {
         return;
